@@ -1,0 +1,149 @@
+"""Typed, validated parameters: one dataclass per params.yaml section.
+
+The library takes these objects, never the YAML file, so it can be driven from a notebook too.
+Every check fails with one line naming the key and the accepted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from metastases.errors import ParamsError
+
+T = TypeVar("T")
+
+SEQUENCES: tuple[str, ...] = ("flair", "t2", "t1c")
+"""The three MR sequences of every patient, in channel order."""
+
+CLASSES: tuple[str, ...] = ("normal", "metastases")
+"""Class names by integer label: 0 normal, 1 metastases (the positive class)."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ParamsError(message)
+
+
+def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestParams:
+    workers: int = 2
+    patient_key: str = "folder"
+    salt: str = ""
+    label_prefixes: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"mts": "metastases", "norma": "normal"}
+    )
+    sequences: dict[str, list[str]] = dataclasses.field(
+        default_factory=lambda: {
+            "flair": ["flair"],
+            "t2": [r"t2(?!.*(flair|\*|star|gre|swi))"],
+            "t1c": [r"t1.*(\+ ?c|gd|gad|post|contrast)"],
+        }
+    )
+    spacing_tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.workers >= 1, f"ingest.workers: must be at least 1, got {self.workers}")
+        _choice("ingest", "patient_key", self.patient_key, ("folder", "hash"))
+        if self.patient_key == "hash":
+            _require(bool(self.salt), "ingest.salt: set a non-empty salt when patient_key is 'hash'")
+        for label in self.label_prefixes.values():
+            _choice("ingest", "label_prefixes", label, CLASSES)
+        _require(
+            set(self.sequences) == set(SEQUENCES),
+            f"ingest.sequences: needs patterns for exactly {', '.join(SEQUENCES)}",
+        )
+        for name, patterns in self.sequences.items():
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ParamsError(f"ingest.sequences.{name}: bad pattern {pattern!r}: {exc}") from None
+        _require(0 < self.spacing_tolerance < 1, "ingest.spacing_tolerance: must be between 0 and 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitParams:
+    test_fraction: float = 0.2
+    folds: int = 5
+
+    def __post_init__(self) -> None:
+        _require(0 < self.test_fraction < 1, f"split.test_fraction: must be in (0, 1), got {self.test_fraction}")
+        _require(self.folds >= 2, f"split.folds: must be at least 2, got {self.folds}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeParams:
+    """How a patient's three volumes become one ``[3, depth, size, size]`` tensor."""
+
+    size: int = 128
+    depth: int = 20
+    depth_mode: str = "seed"
+    normalise: str = "zscore"
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        section = "slice_2d/stack_3d"
+        _require(self.size >= 32, f"{section}.size: must be at least 32, got {self.size}")
+        _require(self.depth >= 2, f"{section}.depth: must be at least 2, got {self.depth}")
+        _choice(section, "depth_mode", self.depth_mode, ("seed", "resample"))
+        if self.depth_mode == "seed":
+            _require(self.depth == 20, f"{section}.depth: the seed rule is defined for 20 slices, got {self.depth}")
+        _choice(section, "normalise", self.normalise, ("zscore", "minmax", "none"))
+        low, high = self.clip_percentiles
+        _require(0 <= low < high <= 100, f"{section}.clip_percentiles: need 0 <= low < high <= 100")
+
+
+def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> T:
+    """Build a params dataclass from a YAML mapping, rejecting unknown keys with one clear line."""
+    mapping = dict(mapping or {})
+    fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - set(fields))
+    _require(not unknown, f"{section}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for name, value in mapping.items():
+        default = getattr(cls, name, None) if not callable(getattr(cls, name, None)) else None
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ParamsError(f"{section}.{name}: expected true or false, got {value!r}")
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ParamsError(f"{section}.{name}: expected a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+                raise ParamsError(f"{section}.{name}: expected a whole number, got {value!r}")
+            value = type(default)(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ParamsError(f"{section}.{name}: expected text, got {value!r}")
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ParamsError(f"{section}: {exc}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml as plain data; a missing or malformed file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    return data
+
+
+def section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T:
+    """Load and validate one section of params.yaml."""
+    return from_mapping(cls, name, load_params(path).get(name))

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
-    RLELossless,
     UID,
+    ExplicitVRLittleEndian,
+    RLELossless,
     generate_uid,
 )
 
@@ -149,12 +149,16 @@ def write_classic_series(
         raise ValueError(f"pixels shape {pixels.shape} does not match the geometry")
     if len(paths) != geometry.n_slices:
         raise ValueError("one path per slice is needed")
-    numbers = list(instance_numbers) if instance_numbers is not None else list(range(1, geometry.n_slices + 1))
+    numbers = (
+        list(instance_numbers) if instance_numbers is not None else list(range(1, geometry.n_slices + 1))
+    )
     for k, (position, path) in enumerate(zip(geometry.positions(), paths, strict=True)):
         ds = _base_dataset(header, MR_IMAGE_STORAGE, _uid(header, "instance", header.series_number, k))
         ds.InstanceNumber = numbers[k]
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*geometry.row_direction, *geometry.column_direction)]
+        ds.ImageOrientationPatient = [
+            round(float(v), 6) for v in (*geometry.row_direction, *geometry.column_direction)
+        ]
         ds.PixelSpacing = [round(float(v), 6) for v in geometry.pixel_spacing]
         ds.SliceThickness = round(float(geometry.slice_thickness or geometry.slice_spacing), 4)
         ds.SpacingBetweenSlices = round(float(geometry.slice_spacing), 4)

@@ -35,6 +35,9 @@ def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> Non
 
 @dataclasses.dataclass(frozen=True)
 class IngestParams:
+    # raw_dir/out_dir are only the stage script's defaults; the library takes paths as arguments
+    raw_dir: str = "data/raw"
+    out_dir: str = "data/interim"
     workers: int = 2
     patient_key: str = "folder"
     salt: str = ""
@@ -49,6 +52,8 @@ class IngestParams:
         }
     )
     spacing_tolerance: float = 0.1
+    # a series with fewer slices is a localizer/scout, not a volume
+    min_slices: int = 4
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, f"ingest.workers: must be at least 1, got {self.workers}")
@@ -68,6 +73,7 @@ class IngestParams:
                 except re.error as exc:
                     raise ParamsError(f"ingest.sequences.{name}: bad pattern {pattern!r}: {exc}") from None
         _require(0 < self.spacing_tolerance < 1, "ingest.spacing_tolerance: must be between 0 and 1")
+        _require(self.min_slices >= 2, f"ingest.min_slices: must be at least 2, got {self.min_slices}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,9 @@ class SplitParams:
     folds: int = 5
 
     def __post_init__(self) -> None:
-        _require(0 < self.test_fraction < 1, f"split.test_fraction: must be in (0, 1), got {self.test_fraction}")
+        _require(
+            0 < self.test_fraction < 1, f"split.test_fraction: must be in (0, 1), got {self.test_fraction}"
+        )
         _require(self.folds >= 2, f"split.folds: must be at least 2, got {self.folds}")
 
 
@@ -96,7 +104,9 @@ class VolumeParams:
         _require(self.depth >= 2, f"{section}.depth: must be at least 2, got {self.depth}")
         _choice(section, "depth_mode", self.depth_mode, ("seed", "resample"))
         if self.depth_mode == "seed":
-            _require(self.depth == 20, f"{section}.depth: the seed rule is defined for 20 slices, got {self.depth}")
+            _require(
+                self.depth == 20, f"{section}.depth: the seed rule is defined for 20 slices, got {self.depth}"
+            )
         _choice(section, "normalise", self.normalise, ("zscore", "minmax", "none"))
         low, high = self.clip_percentiles
         _require(0 <= low < high <= 100, f"{section}.clip_percentiles: need 0 <= low < high <= 100")
@@ -142,6 +152,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
     return data
+
+
+def shared_seed(path: str | Path = "params.yaml") -> int:
+    """The top-level ``seed`` every stage derives its randomness from."""
+    value = load_params(path).get("seed", 0)
+    _require(
+        isinstance(value, int) and not isinstance(value, bool),
+        f"seed: expected a whole number, got {value!r}",
+    )
+    return int(value)
 
 
 def section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T:

@@ -1,0 +1,45 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RAW := data/raw
+export DVC_NO_ANALYTICS := 1
+# dvc.yaml commands say `python`: the virtual environment's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run demo test lint repro benchmark report clean-data
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-install whenever the pinned dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Build the embedded demo cohort only when data/raw is missing or empty; a user's own export is left alone.
+# `dvc add` makes the raw data visible to DVC (and to queued experiments) as a user's export would be.
+demo: install
+	@if [ -z "$$(ls -A $(RAW) 2>/dev/null)" ]; then \
+		echo "data/raw is empty: building the demo cohort"; \
+		$(BIN)/python -m metastases.demo_cohort $(RAW) \
+			--patients $$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['demo_cohort']['patients'])") \
+			--seed $$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['demo_cohort']['seed'])"); \
+	fi
+	$(BIN)/dvc add --quiet $(RAW)
+
+run: demo
+	$(BIN)/dvc repro
+	@echo
+	@echo "Metrics: metrics/*.json  (dvc metrics show)"
+	@echo "Plots:   plots/*.png, plots/**/*.csv  (dvc plots show)"
+
+lint: install
+	$(BIN)/ruff check src stages tests
+	$(BIN)/ruff format --check src stages tests
+
+test: lint
+	$(BIN)/pytest -q

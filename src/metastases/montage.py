@@ -1,4 +1,4 @@
-"""The data example picture: a few patients of each class, one slice of each sequence, as the network sees it."""
+"""The data example picture: a few patients per class, one slice per sequence, as the network sees it."""
 
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ def make_splits(patients: pd.DataFrame, params: SplitParams, seed: int) -> pd.Da
     )
     if train["label"].value_counts().min() < params.folds:
         raise UserError(
-            f"too few training patients per class for {params.folds} folds; lower split.folds or split.test_fraction"
+            f"too few training patients per class for {params.folds} folds; "
+            "lower split.folds or split.test_fraction"
         )
     train = train.sort_values("patient").reset_index(drop=True)
     folds = np.empty(len(train), dtype=int)

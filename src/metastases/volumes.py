@@ -1,4 +1,4 @@
-"""From a patient's three NIfTI volumes to one ``[3, depth, S, S]`` tensor: orient, fit depth, resize, normalise."""
+"""A patient's three NIfTI volumes -> one ``[3, depth, S, S]`` tensor: orient, fit depth, resize, scale."""
 
 from __future__ import annotations
 

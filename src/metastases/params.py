@@ -167,3 +167,104 @@ def shared_seed(path: str | Path = "params.yaml") -> int:
 def section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T:
     """Load and validate one section of params.yaml."""
     return from_mapping(cls, name, load_params(path).get(name))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """One training run (sections ``train_2d`` and ``train_3d``); Adam and cross-entropy are fixed.
+
+    Augmentation acts on z-scored intensities, so ``noise_std`` and ``intensity_shift`` are in units
+    of one standard deviation of the patient's volume.
+    """
+
+    model: str = "cnn2d"
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    val_fold: int = 0
+    flip_horizontal: float = 0.5
+    flip_vertical: float = 0.0
+    noise_std: float = 0.1
+    intensity_shift: float = 0.1
+    device: str = "auto"
+    threads: int = 2
+    num_workers: int = 0
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        from metastases.models import model_dim  # late import: models import params' errors only
+
+        name = self.section_name
+        _require(
+            model_dim(self.model) == self.dim,
+            f"{name}.model: {self.model!r} is a {model_dim(self.model)} model; {name} needs a {self.dim} model",
+        )
+        _require(self.epochs >= 1, f"{name}.epochs: must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"{name}.batch_size: must be at least 1, got {self.batch_size}")
+        _require(0 < self.lr < 1, f"{name}.lr: must be in (0, 1), got {self.lr}")
+        _require(self.weight_decay >= 0, f"{name}.weight_decay: must be >= 0, got {self.weight_decay}")
+        _require(self.val_fold >= 0, f"{name}.val_fold: must be a training fold number >= 0, got {self.val_fold}")
+        for key in ("flip_horizontal", "flip_vertical"):
+            value = getattr(self, key)
+            _require(0 <= value <= 1, f"{name}.{key}: a probability in [0, 1], got {value}")
+        _require(self.noise_std >= 0, f"{name}.noise_std: must be >= 0, got {self.noise_std}")
+        _require(self.intensity_shift >= 0, f"{name}.intensity_shift: must be >= 0, got {self.intensity_shift}")
+        _require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"{name}.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N",
+        )
+        _require(self.threads >= 1, f"{name}.threads: must be at least 1, got {self.threads}")
+        _require(self.num_workers >= 0, f"{name}.num_workers: must be >= 0, got {self.num_workers}")
+
+    @property
+    def section_name(self) -> str:
+        return "train_2d"
+
+    @property
+    def dim(self) -> str:
+        """``2d`` or ``3d``: the array layout this section trains on."""
+        return "2d"
+
+
+@dataclasses.dataclass(frozen=True)
+class Train3DParams(TrainParams):
+    model: str = "cnn3d"
+
+    @property
+    def section_name(self) -> str:
+        return "train_3d"
+
+    @property
+    def dim(self) -> str:
+        return "3d"
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossValidateParams:
+    """K-fold cross-validation over the training split; K is the fold count in ``data/splits.csv``.
+
+    Model, optimiser and augmentation come from ``train_2d`` / ``train_3d``; only the epochs differ.
+    """
+
+    epochs_2d: int = 8
+    epochs_3d: int = 8
+    threshold: str = "youden"
+
+    def __post_init__(self) -> None:
+        for key in ("epochs_2d", "epochs_3d"):
+            value = getattr(self, key)
+            _require(value >= 1, f"cross_validate.{key}: must be at least 1, got {value}")
+        _choice("cross_validate", "threshold", self.threshold, ("youden", "fixed"))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """Held-out evaluation: bootstrap confidence interval of the test AUC."""
+
+    bootstrap: int = 2000
+    ci: float = 0.95
+
+    def __post_init__(self) -> None:
+        _require(self.bootstrap >= 100, f"evaluate.bootstrap: at least 100 resamples, got {self.bootstrap}")
+        _require(0.5 < self.ci < 1, f"evaluate.ci: must be in (0.5, 1), got {self.ci}")

@@ -125,7 +125,8 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray) -> None:
 
 def _finish(ds: Dataset, path: Path, transfer_syntax: UID) -> None:
     if transfer_syntax == RLELossless:
-        ds.compress(RLELossless)
+        # keep the caller's deterministic SOPInstanceUID (pydicom would otherwise generate a random one)
+        ds.compress(RLELossless, generate_instance_uid=False)
     elif transfer_syntax != ExplicitVRLittleEndian:
         raise ValueError(f"unsupported transfer syntax for writing: {transfer_syntax}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,3 +252,33 @@ def axial_geometry(
         slice_spacing=slice_spacing,
         n_slices=n_slices,
     )
+
+
+def write_multiplane_series(
+    pixels: Sequence[np.ndarray],
+    geometries: Sequence[SeriesGeometry],
+    header: SeriesHeader,
+    paths: Sequence[Path],
+    transfer_syntax: UID = ExplicitVRLittleEndian,
+) -> None:
+    """Write one single-slice MR Image Storage file per plane, all in one series (a 3-plane localizer).
+
+    ``pixels[k]`` (``[rows, columns]`` stored values) lies in the first slice of ``geometries[k]``;
+    each plane has its own orientation, so readers must not stack them into one volume.
+    """
+    if not len(pixels) == len(geometries) == len(paths):
+        raise ValueError("one geometry and one path per plane are needed")
+    for k, (plane, geometry, path) in enumerate(zip(pixels, geometries, paths, strict=True)):
+        ds = _base_dataset(header, MR_IMAGE_STORAGE, _uid(header, "plane", header.series_number, k))
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [round(float(v), 4) for v in geometry.first_position]
+        ds.ImageOrientationPatient = [
+            round(float(v), 6) for v in (*geometry.row_direction, *geometry.column_direction)
+        ]
+        ds.PixelSpacing = [round(float(v), 6) for v in geometry.pixel_spacing]
+        ds.SliceThickness = round(float(geometry.slice_thickness or geometry.slice_spacing), 4)
+        ds.RescaleSlope = header.rescale_slope
+        ds.RescaleIntercept = header.rescale_intercept
+        ds.RescaleType = "US"
+        _set_pixels(ds, plane)
+        _finish(ds, Path(path), transfer_syntax)

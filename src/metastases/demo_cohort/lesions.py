@@ -1,0 +1,128 @@
+"""Metastases and their mimics, as partial-volume fractions on the template grid.
+
+A metastasis is a ball with an irregular outline: an enhancing rim around a necrotic core when it is
+large (>= 10 mm), solid and enhancing when small, with vasogenic oedema that spreads only through
+white matter. A mimic is a small non-enhancing white-matter spot (as in small-vessel disease): bright
+on FLAIR and T2 like a small metastasis but dark on T1+C, so no single sequence separates the classes.
+All sizes are millimetres in template space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from metastases.demo_cohort.anatomy import Template
+
+Coverage = Callable[[np.ndarray, float], np.ndarray]
+"""``inside(points_mm (n, 3), margin_mm) -> (n,) bool``: which template points every series images."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesion:
+    """One lesion in template RAS mm. ``core_radius`` is 0 for a solid lesion; ``oedema_radius`` 0 for none.
+
+    ``lobes`` ``(k, 4)``: unit directions and relative amplitudes that make the outline irregular.
+    """
+
+    kind: str  # "metastasis" | "mimic"
+    centre: np.ndarray
+    radius: float
+    core_radius: float
+    oedema_radius: float
+    lobes: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionFractions:
+    """Fractions in ``box`` (a tuple of slices of the template grid): ``lesion`` (whole lesion, incl. core),
+    ``core`` (necrosis, subset of lesion), ``oedema`` (oedematous white matter, outside the lesion)."""
+
+    box: tuple[slice, slice, slice]
+    lesion: np.ndarray
+    core: np.ndarray
+    oedema: np.ndarray
+
+
+def _lobes(rng: np.random.Generator, amount: float) -> np.ndarray:
+    directions = rng.normal(size=(3, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return np.column_stack([directions, rng.uniform(-amount, amount, size=3)])
+
+
+def _pick_centre(
+    rng: np.random.Generator,
+    candidates: np.ndarray,
+    radius: float,
+    placed: list[Lesion],
+    inside: Coverage,
+) -> np.ndarray:
+    """A candidate seen by every series and clear of earlier lesions (falls back gracefully)."""
+    visible = candidates[inside(candidates, radius + 2.0)]
+    pool = visible if len(visible) else candidates
+    for _ in range(50):
+        centre = pool[rng.integers(len(pool))].astype(np.float64) + rng.uniform(-0.5, 0.5, size=3)
+        if all(np.linalg.norm(centre - other.centre) > radius + other.oedema_radius + 3 for other in placed):
+            return centre
+    return centre
+
+
+def sample_metastases(rng: np.random.Generator, template: Template, inside: Coverage) -> list[Lesion]:
+    """1 to 4 metastases, 3 to 20 mm across (log-uniform: most are small), 80 % at the grey/white junction."""
+    count = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
+    lesions: list[Lesion] = []
+    for _ in range(count):
+        diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(20.0))))
+        radius = diameter / 2
+        core = radius - rng.uniform(1.5, 3.0) if diameter >= 10.0 else 0.0
+        spread = rng.uniform(1.6, 2.8) if diameter >= 6.0 else rng.uniform(1.0, 1.8)
+        oedema = radius * spread + (2.0 if diameter >= 6.0 else 0.0)
+        candidates = template.junction_mm if rng.random() < 0.8 else template.deep_wm_mm
+        centre = _pick_centre(rng, candidates, oedema, lesions, inside)
+        lesions.append(Lesion("metastasis", centre, radius, max(core, 0.0), oedema, _lobes(rng, 0.18)))
+    return lesions
+
+
+def sample_mimics(rng: np.random.Generator, template: Template, inside: Coverage, count: int) -> list[Lesion]:
+    """``count`` white-matter spots 2 to 6 mm across, mostly in deep white matter."""
+    spots: list[Lesion] = []
+    for _ in range(count):
+        radius = float(rng.uniform(2.0, 6.0)) / 2
+        candidates = template.deep_wm_mm if rng.random() < 0.7 else template.junction_mm
+        centre = _pick_centre(rng, candidates, radius, spots, inside)
+        spots.append(Lesion("mimic", centre, radius, 0.0, 0.0, _lobes(rng, 0.3)))
+    return spots
+
+
+def _edge(signed_depth: np.ndarray) -> np.ndarray:
+    """Fraction of a 1 mm voxel inside a surface at ``signed_depth`` mm (positive inside)."""
+    return np.clip(signed_depth + 0.5, 0.0, 1.0)
+
+
+def lesion_fractions(lesion: Lesion, template: Template) -> LesionFractions:
+    """Rasterise ``lesion`` on the template grid, in the smallest box that holds it and its oedema."""
+    reach = max(lesion.radius, lesion.oedema_radius) * 1.4 + 2.0
+    centre_voxel = template.mm_to_voxel(lesion.centre)
+    lo = np.maximum(np.floor(centre_voxel - reach).astype(int), 0)
+    hi = np.minimum(np.ceil(centre_voxel + reach).astype(int) + 1, template.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    grid = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij"), axis=-1)
+    offset = (grid - centre_voxel).astype(np.float32)  # 1 mm voxels: voxel offsets are mm
+    distance = np.linalg.norm(offset, axis=-1)
+    unit = offset / np.maximum(distance, 1e-3)[..., None]
+    directions, amounts = lesion.lobes[:, :3].astype(np.float32), lesion.lobes[:, 3].astype(np.float32)
+    irregular = 1.0 + ((unit @ directions.T) ** 2) @ amounts
+    scaled = distance / irregular
+    whole = _edge(lesion.radius - scaled)
+    core = _edge(lesion.core_radius - scaled) if lesion.core_radius > 0 else np.zeros_like(whole)
+    if lesion.oedema_radius > lesion.radius:
+        # Vasogenic oedema fades outwards and follows white matter (it spares the cortex).
+        fade = np.clip((lesion.oedema_radius - scaled) / (0.4 * lesion.oedema_radius), 0.0, 1.0)
+        oedema = fade * template.fractions["wm"][box] * (1.0 - whole)
+    else:
+        oedema = np.zeros_like(whole)
+    if lesion.kind == "mimic":
+        whole = whole * template.fractions["wm"][box]
+    return LesionFractions(box, whole.astype(np.float32), core.astype(np.float32), oedema.astype(np.float32))

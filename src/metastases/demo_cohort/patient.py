@@ -1,0 +1,360 @@
+"""One synthetic patient: plan the study (anatomy, lesions, series), render each series, write the files.
+
+:func:`plan_patient` draws every random choice from the patient's own seed, so a patient is the same
+whichever worker builds it; :func:`write_patient` renders and writes what the plan says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from scipy import ndimage
+
+from metastases.demo_cohort.anatomy import (
+    BRAIN_CENTRE_MM,
+    HeadTransform,
+    Template,
+    load_template,
+    random_head,
+)
+from metastases.demo_cohort.contrast import (
+    ScannerScale,
+    add_rician_noise,
+    bias_field,
+    patient_signals,
+    random_bias,
+    random_scale,
+    sequence_volumes,
+)
+from metastases.demo_cohort.export import (
+    LAYOUTS,
+    VENDORS,
+    SeriesNaming,
+    fake_identity,
+    series_folder_name,
+    series_namings,
+    shuffled_numbers,
+    study_date,
+)
+from metastases.demo_cohort.lesions import Lesion, sample_metastases, sample_mimics
+from metastases.dicom_writer import (
+    SeriesGeometry,
+    SeriesHeader,
+    axial_geometry,
+    write_classic_series,
+    write_enhanced_series,
+    write_multiplane_series,
+)
+
+LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
+POINTS_PER_CHUNK = 2_000_000
+"""Output voxels sampled at once: bounds memory (a 512 x 512 x 48 series is 12.6 M voxels)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientSpec:
+    """Who to build: folder ``name`` (``mts-7``), ``label`` (metastases/normal) and the seeds."""
+
+    index: int
+    name: str
+    label: str
+    seed: int
+    size_scale: float = 1.0
+
+    def seed_sequence(self) -> np.random.SeedSequence:
+        """The patient's own stream: a child of the cohort seed, independent of every other patient."""
+        return np.random.SeedSequence(self.seed, spawn_key=(self.index,))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesPlan:
+    """One series: ``geometries`` holds one stack, or one single-slice geometry per localizer plane."""
+
+    naming: SeriesNaming
+    geometries: tuple[SeriesGeometry, ...]
+    scale: ScannerScale
+    noise: float
+    bias: np.ndarray
+    enhanced: bool
+    compressed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientPlan:
+    spec: PatientSpec
+    head: HeadTransform
+    lesions: list[Lesion]
+    signals: dict[str, dict[str, float]]
+    series: list[SeriesPlan]
+    vendor: str
+    layout: str
+    folder_style: int
+    identity: dict[str, str]
+    study_date: str
+
+
+def _slice_count(rng: np.random.Generator) -> int:
+    """16-48 slices, weighted so that every branch of the seed depth rule (<20, 20-40, >40) is common."""
+    low, high = [(16, 20), (20, 41), (41, 49)][int(rng.choice(3, p=[0.3, 0.55, 0.15]))]
+    return int(rng.integers(low, high))
+
+
+def _axial_stack(rng: np.random.Generator, centre_lps: np.ndarray, size_scale: float) -> SeriesGeometry:
+    """Axial stack: 4-6 mm slices (sometimes a 10 % gap), matrix 256 or (1 in 5) 512 over a 220-240 mm FOV."""
+    matrix = 512 if rng.random() < 0.2 else 256
+    matrix = max(16, round(matrix * size_scale))
+    fov = rng.uniform(220.0, 240.0)
+    n_slices = _slice_count(rng)
+    thickness = round(float(rng.uniform(4.0, max(4.0, min(6.0, 200.0 / n_slices)))), 2)
+    gap = round(0.1 * thickness, 2) if thickness <= 5.4 and n_slices <= 40 and rng.random() < 0.3 else 0.0
+    centre = centre_lps + rng.uniform([-4, -4, -6], [4, 4, 8])
+    geometry = axial_geometry(
+        matrix, matrix, n_slices, fov / matrix, thickness + gap, float(rng.uniform(-6, 6)), tuple(centre)
+    )
+    return dataclasses.replace(geometry, slice_thickness=thickness)
+
+
+def _localizer_planes(centre_lps: np.ndarray, size_scale: float) -> tuple[SeriesGeometry, ...]:
+    """Axial, sagittal and coronal single slices through the head centre (260 mm FOV, 8 mm thick)."""
+    matrix = max(16, round(256 * size_scale))
+    spacing = 260.0 / matrix
+    planes = (((1, 0, 0), (0, 1, 0)), ((0, 1, 0), (0, 0, -1)), ((1, 0, 0), (0, 0, -1)))
+    out = []
+    for row, column in planes:
+        row_v, column_v = np.asarray(row, float), np.asarray(column, float)
+        first = centre_lps - (row_v + column_v) * (matrix - 1) * spacing / 2
+        out.append(SeriesGeometry(matrix, matrix, (spacing, spacing), row, column, tuple(first), 8.0, 1, 8.0))
+    return tuple(out)
+
+
+def _coverage(head: HeadTransform, stacks: list[SeriesGeometry]):
+    """``inside(points_mm, margin)``: template points imaged by every stack, ``margin`` mm from its ends."""
+
+    def inside(points_mm: np.ndarray, margin: float) -> np.ndarray:
+        lps = head.to_patient(points_mm.astype(np.float64)) * LPS_FROM_RAS
+        keep = np.ones(len(points_mm), bool)
+        for geometry in stacks:
+            depth = (lps - np.asarray(geometry.first_position)) @ geometry.normal
+            keep &= (depth > margin) & (depth < (geometry.n_slices - 1) * geometry.slice_spacing - margin)
+        return keep
+
+    return inside
+
+
+def plan_patient(spec: PatientSpec, template: Template | None = None) -> PatientPlan:
+    """Every random choice for one patient, from ``spec.seed_sequence()`` only."""
+    template = template or load_template()
+    rng = np.random.default_rng(spec.seed_sequence().spawn(1)[0])
+    head = random_head(rng)
+    centre_lps = head.to_patient(BRAIN_CENTRE_MM) * LPS_FROM_RAS
+    vendor = str(rng.choice(list(VENDORS)))
+    namings = series_namings(rng, vendor, localizer=rng.random() < 0.25, repeat_flair=rng.random() < 0.05)
+    series = []
+    for naming in namings:
+        if naming.sequence == "localizer":
+            geometries = _localizer_planes(centre_lps, spec.size_scale)
+            enhanced, compressed = False, False
+        else:
+            geometries = (_axial_stack(rng, centre_lps, spec.size_scale),)
+            enhanced = rng.random() < 0.1
+            compressed = rng.random() < (0.9 if geometries[0].rows > 256 * spec.size_scale else 0.55)
+        noise = float(rng.uniform(0.015, 0.035))
+        series.append(
+            SeriesPlan(naming, geometries, random_scale(rng), noise, random_bias(rng), enhanced, compressed)
+        )
+    stacks = [s.geometries[0] for s in series if s.naming.sequence != "localizer"]
+    inside = _coverage(head, stacks)
+    lesions = sample_metastases(rng, template, inside) if spec.label == "metastases" else []
+    if rng.random() < (0.2 if lesions else 0.45):
+        lesions += sample_mimics(rng, template, inside, int(rng.integers(1, 4 if lesions else 6)))
+    return PatientPlan(
+        spec=spec,
+        head=head,
+        lesions=lesions,
+        signals=patient_signals(rng),
+        series=series,
+        vendor=vendor,
+        layout=str(rng.choice(LAYOUTS, p=[0.45, 0.35, 0.2])),
+        folder_style=int(rng.integers(3)),
+        identity=fake_identity(rng),
+        study_date=study_date(rng),
+    )
+
+
+COARSE_STEP = 8
+"""In-plane step (pixels) of the grid on which the output -> template mapping and the bias field are
+evaluated exactly; both are smooth (wavelengths >= 70 mm), so bilinear interpolation between grid
+points is accurate to ~0.05 mm and saves most of the cost of the deformation."""
+
+
+def _linear_weights(knots: np.ndarray, size: int) -> np.ndarray:
+    """``(size, len(knots))`` matrix that linearly interpolates values at ``knots`` to ``0..size-1``."""
+    eye = np.eye(len(knots))
+    return np.stack([np.interp(np.arange(size), knots, eye[k]) for k in range(len(knots))], axis=1)
+
+
+def _template_coordinates(
+    geometry: SeriesGeometry, head: HeadTransform, template: Template, bias: np.ndarray, start: int, stop: int
+) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+    """Template voxel indices (3) and bias gain (1) at the pixel centres of slices ``start:stop``
+    (LPS -> patient RAS -> template RAS -> template voxel): float64 ``(4, stop - start, h, w)`` over the
+    rectangle ``(rows, columns)`` of the slices that can see the template; None when none can.
+    Pixels outside the rectangle lie outside the head and stay air."""
+    knots_r = np.unique(np.r_[np.arange(0, geometry.rows, COARSE_STEP), geometry.rows - 1])
+    knots_c = np.unique(np.r_[np.arange(0, geometry.columns, COARSE_STEP), geometry.columns - 1])
+    down = knots_r[:, None, None] * geometry.pixel_spacing[0] * np.asarray(geometry.column_direction)
+    across = knots_c[None, :, None] * geometry.pixel_spacing[1] * np.asarray(geometry.row_direction)
+    lps = geometry.positions()[start:stop, None, None, :] + (down + across)[None]
+    voxels = template.mm_to_voxel(head.to_template(lps * LPS_FROM_RAS))
+    # A knot counts as inside within a margin of more than one knot step, so thin slivers of the
+    # template between knots are not cut off.
+    margin = 1.5 * COARSE_STEP * max(geometry.pixel_spacing)
+    seen = np.all((voxels > -margin) & (voxels < np.asarray(template.shape) - 1 + margin), axis=-1).any(
+        axis=0
+    )
+    if not seen.any():
+        return None
+    rows_seen, cols_seen = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    rows = slice(
+        int(knots_r[max(rows_seen[0] - 1, 0)]), int(knots_r[min(rows_seen[-1] + 1, len(knots_r) - 1)]) + 1
+    )
+    cols = slice(
+        int(knots_c[max(cols_seen[0] - 1, 0)]), int(knots_c[min(cols_seen[-1] + 1, len(knots_c) - 1)]) + 1
+    )
+    channels = np.concatenate([voxels, bias_field(lps, bias)[..., None]], axis=-1)
+    # (channel, slice, coarse row, coarse column), then two matrix products: columns, then rows.
+    channels = np.ascontiguousarray(np.moveaxis(channels, -1, 0))
+    across_full = channels @ _linear_weights(knots_c, geometry.columns)[cols].T
+    return _linear_weights(knots_r, geometry.rows)[rows] @ across_full, (rows, cols)
+
+
+def render_series(
+    volume: np.ndarray,
+    geometry: SeriesGeometry,
+    head: HeadTransform,
+    template: Template,
+    plan: SeriesPlan,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Stored uint16 pixels ``(n_slices, rows, columns)`` of one stack: template signal sampled at every
+    output voxel centre (trilinear, a single interpolation), times the bias field, plus Rician noise."""
+    # Matrices above 256 are reconstructed the way scanners do it ("zero-fill interpolation"):
+    # sample every other pixel, interpolate the rest; noise is added at the full matrix.
+    fine = geometry.rows > 300 and geometry.columns > 300
+    sampled = _every_other_pixel(geometry) if fine else geometry
+    signal = np.zeros((sampled.n_slices, sampled.rows, sampled.columns), np.float32)
+    step = max(1, POINTS_PER_CHUNK // (sampled.rows * sampled.columns))
+    for start in range(0, sampled.n_slices, step):
+        stop = min(start + step, sampled.n_slices)
+        found = _template_coordinates(sampled, head, template, plan.bias, start, stop)
+        if found is None:
+            continue
+        mapping, (rows, cols) = found
+        block = ndimage.map_coordinates(
+            volume, mapping[:3], order=1, cval=0.0, prefilter=False, output=np.float32
+        )
+        signal[start:stop, rows, cols] = block * mapping[3]
+    if fine:
+        signal = _double_in_plane(signal, geometry.rows, geometry.columns)
+    return plan.scale.to_stored(add_rician_noise(signal, plan.noise, rng))
+
+
+def _every_other_pixel(geometry: SeriesGeometry) -> SeriesGeometry:
+    """The same stack with the pixels of even row and column index only (same first pixel)."""
+    return dataclasses.replace(
+        geometry,
+        rows=(geometry.rows + 1) // 2,
+        columns=(geometry.columns + 1) // 2,
+        pixel_spacing=(2 * geometry.pixel_spacing[0], 2 * geometry.pixel_spacing[1]),
+    )
+
+
+def _double_axis(half: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear interpolation along ``axis`` from the even samples ``half`` to ``size`` samples;
+    an odd last sample (no right neighbour) copies its left one."""
+    half = np.moveaxis(half, axis, 0)
+    out = np.empty((size, *half.shape[1:]), np.float32)
+    out[0::2] = half
+    middles = 0.5 * (half[:-1] + half[1:])
+    out[1 : 2 * len(middles) : 2] = middles
+    if size % 2 == 0:
+        out[-1] = half[-1]
+    return np.moveaxis(out, 0, axis)
+
+
+def _double_in_plane(half: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """``[n, ceil(rows/2), ceil(columns/2)]`` even pixels -> ``[n, rows, columns]`` (bilinear)."""
+    return np.ascontiguousarray(_double_axis(_double_axis(half, rows, 1), columns, 2))
+
+
+def _header(plan: PatientPlan, series: SeriesPlan) -> SeriesHeader:
+    image_type = ("ORIGINAL", "PRIMARY", "LOCALIZER") if series.naming.sequence == "localizer" else None
+    return SeriesHeader(
+        series_description=series.naming.description,
+        series_number=series.naming.series_number,
+        uid_seed=f"metastases-demo-cohort:{plan.spec.seed}:{plan.spec.index}",
+        identity=plan.identity,
+        protocol_name=series.naming.protocol,
+        rescale_slope=series.scale.slope,
+        rescale_intercept=series.scale.intercept,
+        study_date=plan.study_date,
+        manufacturer=plan.vendor,
+        **({"image_type": image_type} if image_type else {}),
+    )
+
+
+def _file_paths(plan: PatientPlan, root: Path, rng: np.random.Generator) -> list[list[Path]]:
+    """Paths of every file of every series (one per slice, one per enhanced series), never in slice order."""
+    counts = [1 if s.enhanced else sum(g.n_slices for g in s.geometries) for s in plan.series]
+    patient = root / plan.spec.name
+    if plan.layout == "flat":
+        numbers = iter(shuffled_numbers(rng, sum(counts), start=int(rng.integers(1, 40))))
+        return [[patient / f"IM{next(numbers):05d}" for _ in range(count)] for count in counts]
+    paths = []
+    for k, (series, count) in enumerate(zip(plan.series, counts, strict=True)):
+        numbers = shuffled_numbers(rng, count)
+        if plan.layout == "nested":
+            folder = patient / "DICOM" / "ST00001" / f"SE{k + 1:05d}"
+            paths.append([folder / f"IM{n:05d}" for n in numbers])
+        else:
+            folder = patient / series_folder_name(series.naming, plan.folder_style)
+            paths.append([folder / f"IM-{series.naming.series_number:04d}-{n:04d}.dcm" for n in numbers])
+    return paths
+
+
+def write_patient(spec: PatientSpec, root: Path, plan: PatientPlan | None = None) -> int:
+    """Render and write one patient under ``root / spec.name``; returns the number of files written.
+
+    ``plan`` defaults to :func:`plan_patient` of ``spec``; tests pass an edited plan (e.g. a known lesion).
+    """
+    template = load_template()
+    plan = plan or plan_patient(spec, template)
+    noise_rng, layout_rng = (np.random.default_rng(s) for s in spec.seed_sequence().spawn(3)[1:])
+    volumes = sequence_volumes(template, plan.lesions, plan.signals)
+    all_paths = _file_paths(plan, root, layout_rng)
+    written = 0
+    for series, paths in zip(plan.series, all_paths, strict=True):
+        header = _header(plan, series)
+        syntax = RLELossless if series.compressed else ExplicitVRLittleEndian
+        volume = volumes["t1c" if series.naming.sequence == "localizer" else series.naming.sequence]
+        if series.naming.sequence == "localizer":
+            planes = [
+                render_series(volume, g, plan.head, template, series, noise_rng)[0] for g in series.geometries
+            ]
+            write_multiplane_series(planes, series.geometries, header, paths, syntax)
+        else:
+            geometry = series.geometries[0]
+            pixels = render_series(volume, geometry, plan.head, template, series, noise_rng)
+            if series.enhanced:
+                order = shuffled_numbers(layout_rng, geometry.n_slices, start=0)
+                write_enhanced_series(
+                    pixels, geometry, header, paths[0], frame_order=order, transfer_syntax=syntax
+                )
+            else:
+                numbers = shuffled_numbers(layout_rng, geometry.n_slices)
+                write_classic_series(pixels, geometry, header, paths, syntax, instance_numbers=numbers)
+        written += len(paths)
+    return written

@@ -94,8 +94,7 @@ def patient_tensor(volume_paths: Mapping[str, str | Path], params: VolumeParams)
     """Build the ``[3, depth, size, size]`` float32 tensor of one patient (channels FLAIR, T2, T1+C)."""
     channels = []
     for sequence in SEQUENCES:
-        stack = load_axial_stack(volume_paths[sequence])
-        stack = normalise(stack, params.normalise, params.clip_percentiles)
-        stack = resize_slices(fit_depth(stack, params), params.size)
-        channels.append(stack)
+        stack = resize_slices(fit_depth(load_axial_stack(volume_paths[sequence]), params), params.size)
+        # normalised last: the statistics are those of what the network sees, and 10-50x cheaper
+        channels.append(normalise(stack, params.normalise, params.clip_percentiles))
     return np.stack(channels)

@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml commands say `python`: the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run demo test lint repro benchmark report clean-data
+.PHONY: install run demo test lint benchmark report plots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,8 @@ install: $(VENV)/.installed
 # `dvc add` makes the raw data visible to DVC (and to queued experiments) as a user's export would be.
 demo: install
 	@if [ -z "$$(ls -A $(RAW) 2>/dev/null)" ]; then \
-		echo "data/raw is empty: building the demo cohort"; \
-		$(BIN)/python -m metastases.demo_cohort $(RAW) \
-			--patients $$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['demo_cohort']['patients'])") \
-			--seed $$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['demo_cohort']['seed'])"); \
+		echo "data/raw is empty: building the demo cohort (params.yaml demo_cohort)"; \
+		$(BIN)/python -m metastases.demo_cohort $(RAW) --from-params params.yaml; \
 	fi
 	$(BIN)/dvc add --quiet $(RAW)
 
@@ -43,3 +41,13 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# A pull-request report against another revision: report/report.md + PNGs of both revisions.
+HEAD ?= workspace
+report: install
+	@test -n "$(BASE)" || { echo "usage: make report BASE=<rev> [HEAD=<rev>|workspace]"; exit 2; }
+	$(BIN)/python -m metastases.compare.report --base $(BASE) --head $(HEAD) --out report
+
+# Offline `dvc plots show` (no REVS) or `dvc plots diff $(REVS)`: dvc_plots/index.html + PNGs, no CDN.
+plots: install
+	$(BIN)/python -m metastases.compare.plots $(REVS) --out dvc_plots

@@ -34,6 +34,15 @@ def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> Non
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoCohortParams:
+    patients: int = 60
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        _require(self.patients >= 2, f"demo_cohort.patients: need at least 2, got {self.patients}")
+
+
+@dataclasses.dataclass(frozen=True)
 class IngestParams:
     # raw_dir/out_dir are only the stage script's defaults; the library takes paths as arguments
     raw_dir: str = "data/raw"
@@ -198,18 +207,20 @@ class TrainParams:
         name = self.section_name
         _require(
             model_dim(self.model) == self.dim,
-            f"{name}.model: {self.model!r} is a {model_dim(self.model)} model; {name} needs a {self.dim} model",
+            f"{name}.model: {self.model!r} is a {model_dim(self.model)} model; "
+            f"{name} needs a {self.dim} model",
         )
         _require(self.epochs >= 1, f"{name}.epochs: must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{name}.batch_size: must be at least 1, got {self.batch_size}")
         _require(0 < self.lr < 1, f"{name}.lr: must be in (0, 1), got {self.lr}")
         _require(self.weight_decay >= 0, f"{name}.weight_decay: must be >= 0, got {self.weight_decay}")
-        _require(self.val_fold >= 0, f"{name}.val_fold: must be a training fold number >= 0, got {self.val_fold}")
+        _require(self.val_fold >= 0, f"{name}.val_fold: must be a fold number >= 0, got {self.val_fold}")
         for key in ("flip_horizontal", "flip_vertical"):
             value = getattr(self, key)
             _require(0 <= value <= 1, f"{name}.{key}: a probability in [0, 1], got {value}")
         _require(self.noise_std >= 0, f"{name}.noise_std: must be >= 0, got {self.noise_std}")
-        _require(self.intensity_shift >= 0, f"{name}.intensity_shift: must be >= 0, got {self.intensity_shift}")
+        shift = self.intensity_shift
+        _require(shift >= 0, f"{name}.intensity_shift: must be >= 0, got {shift}")
         _require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"{name}.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N",

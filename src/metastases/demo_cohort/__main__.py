@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage
 from metastases.demo_cohort.cohort import build_cohort
 from metastases.errors import ParamsError
+from metastases.params import DemoCohortParams, section
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -24,8 +26,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Write the synthetic demo cohort of brain-MRI DICOM studies and labels.csv.",
     )
     parser.add_argument("out_dir", help="output folder (empty, missing, or a previous demo cohort)")
-    parser.add_argument("--patients", type=int, default=60, help="number of patients (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--patients", type=int, help="number of patients (default: 60, or from --from-params)"
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default: 7, or from --from-params)")
+    parser.add_argument("--from-params", type=Path, help="take defaults from this params.yaml's demo_cohort")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (default: %(default)s)")
     parser.add_argument(
         "--size-scale", type=float, default=1.0, help="shrink image matrices, for quick tests (default: 1)"
@@ -33,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    build_cohort(args.out_dir, args.patients, args.seed, args.workers, args.size_scale)
+    defaults = (
+        section(DemoCohortParams, "demo_cohort", args.from_params) if args.from_params else DemoCohortParams()
+    )
+    patients = args.patients if args.patients is not None else defaults.patients
+    seed = args.seed if args.seed is not None else defaults.seed
+    build_cohort(args.out_dir, patients, seed, args.workers, args.size_scale)
 
 
 if __name__ == "__main__":

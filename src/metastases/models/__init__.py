@@ -1,0 +1,82 @@
+"""Model registry: ``build_model(name, input_shape)`` for every network params may name.
+
+``input_shape`` is one sample's shape without the batch axis: ``(C, S, S)`` for 2D models,
+``(C, D, S, S)`` for 3D models. Every model returns ``[B, 2]`` logits (0 normal, 1 metastases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from metastases.errors import ParamsError
+from metastases.models.alexnet2d import AlexNet2D
+from metastases.models.compact import CompactCNN
+from metastases.models.lenet3d import LeNet3D
+from metastases.models.torchvision_nets import resnet18_2d, video_resnet
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    dim: str
+    """``2d`` or ``3d``: which array layout the model reads."""
+    build: Callable[[tuple[int, ...], int], nn.Module]
+    description: str
+
+
+def _alexnet(shape: tuple[int, ...], classes: int) -> nn.Module:
+    return AlexNet2D(in_channels=shape[0], num_classes=classes)
+
+
+def _lenet(shape: tuple[int, ...], classes: int) -> nn.Module:
+    return LeNet3D(in_channels=shape[0], depth=shape[1], size=shape[-1], num_classes=classes)
+
+
+def _compact(dims: int) -> Callable[[tuple[int, ...], int], nn.Module]:
+    def build(shape: tuple[int, ...], classes: int) -> nn.Module:
+        return CompactCNN(spatial_dims=dims, in_channels=shape[0], num_classes=classes)
+
+    return build
+
+
+def _video(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
+    def build(shape: tuple[int, ...], classes: int) -> nn.Module:
+        return video_resnet(name, in_channels=shape[0], num_classes=classes)
+
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    "alexnet2d": ModelSpec("2d", _alexnet, "the seed's AlexNet with 60 input channels (baseline)"),
+    "lenet3d": ModelSpec("3d", _lenet, "the seed's LeNet-3D, kernels scaled below S=512 (baseline)"),
+    "cnn2d": ModelSpec("2d", _compact(2), "compact 4-stage CNN, 2D (default)"),
+    "cnn3d": ModelSpec("3d", _compact(3), "compact 4-stage CNN, 3D (default)"),
+    "resnet18_2d": ModelSpec("2d", lambda s, c: resnet18_2d(s[0], c), "torchvision ResNet-18, 60-ch stem"),
+    "r3d_18": ModelSpec("3d", _video("r3d_18"), "torchvision video ResNet r3d_18"),
+    "mc3_18": ModelSpec("3d", _video("mc3_18"), "torchvision video ResNet mc3_18"),
+    "r2plus1d_18": ModelSpec("3d", _video("r2plus1d_18"), "torchvision video ResNet r2plus1d_18"),
+}
+
+
+def model_dim(name: str) -> str:
+    """``2d`` or ``3d`` for a registered model name; an unknown name is a one-line params error."""
+    if name not in MODELS:
+        raise ParamsError(f"model {name!r} is not one of {', '.join(MODELS)}")
+    return MODELS[name].dim
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -> nn.Module:
+    """Build the named network for samples of ``input_shape`` (no batch axis), randomly initialised."""
+    dim = model_dim(name)
+    expected = 3 if dim == "2d" else 4
+    if len(input_shape) != expected:
+        raise ParamsError(
+            f"model {name!r} is a {dim} model and needs {expected}-axis samples, "
+            f"got shape {tuple(input_shape)}"
+        )
+    return MODELS[name].build(tuple(int(v) for v in input_shape), num_classes)
+
+
+__all__ = ["MODELS", "AlexNet2D", "CompactCNN", "LeNet3D", "build_model", "model_dim"]

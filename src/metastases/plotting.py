@@ -1,0 +1,111 @@
+"""Matplotlib pictures of training curves, cross-validation curves, ROC and confusion matrices (PNG).
+
+Each function takes plain data frames (the same ones written as DVC plot files) and writes one PNG
+atomically. The non-interactive Agg backend is used, so no display is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from metastases.atomic import atomic_path
+from metastases.params import CLASSES
+
+DPI = 110
+
+
+def _save(figure: Figure, path: Path) -> None:
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI)
+    plt.close(figure)
+
+
+def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, title: str, path: Path) -> None:
+    """Per-iteration train loss (``steps``: step, epoch, loss) and per-epoch validation loss/accuracy.
+
+    ``epochs`` has epoch, train_loss, val_loss, val_accuracy; the epoch curves are drawn at the
+    iteration that ends each epoch so both share the x axis.
+    """
+    figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(steps["step"], steps["loss"], color="tab:blue", alpha=0.35, lw=1, label="train (iteration)")
+    ends = steps.groupby("epoch")["step"].max().reindex(epochs["epoch"]).to_numpy()
+    ax_loss.plot(ends, epochs["train_loss"], color="tab:blue", marker="o", ms=3, label="train (epoch mean)")
+    if epochs["val_loss"].notna().any():
+        ax_loss.plot(ends, epochs["val_loss"], color="tab:orange", marker="o", ms=3, label="validation")
+        ax_acc.plot(
+            epochs["epoch"], epochs["val_accuracy"], color="tab:green", marker="o", ms=3, label="accuracy"
+        )
+        ax_acc.plot(epochs["epoch"], epochs["val_auc"], color="tab:purple", marker="o", ms=3, label="AUC")
+    ax_loss.set(xlabel="iteration", ylabel="cross-entropy loss", title=f"{title}: loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1.02), title=f"{title}: validation")
+    ax_loss.legend()
+    ax_acc.legend(loc="lower right")
+    _save(figure, path)
+
+
+def plot_cv_loss(table: pd.DataFrame, title: str, path: Path) -> None:
+    """Per-fold (thin) and mean (thick) train and validation loss per epoch.
+
+    ``table``: epoch, train_fold<k>, val_fold<k> for each fold k, train_mean, val_mean.
+    """
+    figure, ax = plt.subplots(figsize=(6.5, 4))
+    for column in table.columns:
+        if column.startswith(("train_fold", "val_fold")):
+            colour = "tab:blue" if column.startswith("train") else "tab:orange"
+            ax.plot(table["epoch"], table[column], color=colour, alpha=0.3, lw=1)
+    ax.plot(table["epoch"], table["train_mean"], color="tab:blue", lw=2.5, label="train, mean over folds")
+    ax.plot(
+        table["epoch"], table["val_mean"], color="tab:orange", lw=2.5, label="validation, mean over folds"
+    )
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss per fold (thin) and mean")
+    ax.legend()
+    _save(figure, path)
+
+
+def plot_roc(curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]], path: Path) -> None:
+    """ROC curves on one axes; ``curves`` maps a label to (fpr/tpr table, AUC, 95% CI)."""
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (table, value, (low, high)) in curves.items():
+        ax.step(
+            table["fpr"],
+            table["tpr"],
+            where="post",
+            lw=2,
+            label=f"{name}: AUC {value:.3f} [{low:.3f}, {high:.3f}]",
+        )
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
+    ax.set(
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="true positive rate (sensitivity)",
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        title="ROC on held-out test patients (95% bootstrap CI)",
+    )
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(figure, path)
+
+
+def plot_confusion(matrices: dict[str, pd.DataFrame], path: Path) -> None:
+    """One confusion matrix per model; each frame has one row per patient: actual, predicted (0/1)."""
+    figure, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
+    for ax, (name, table) in zip(axes[0], matrices.items(), strict=True):
+        counts = np.zeros((2, 2), dtype=int)
+        np.add.at(counts, (table["actual"].to_numpy(int), table["predicted"].to_numpy(int)), 1)
+        ax.imshow(counts, cmap="Blues", vmin=0)
+        for (row, col), value in np.ndenumerate(counts):
+            colour = "white" if value > counts.max() / 2 else "black"
+            ax.text(col, row, str(value), ha="center", va="center", fontsize=14, color=colour)
+        ax.set_xticks([0, 1], CLASSES)
+        ax.set_yticks([0, 1], CLASSES)
+        ax.set(xlabel="predicted", ylabel="actual", title=name)
+    _save(figure, path)

@@ -1,0 +1,52 @@
+"""evaluate: score the held-out test patients with the trained 2D and 3D models.
+
+ROC AUC with a bootstrap confidence interval, accuracy, balanced accuracy, sensitivity, specificity and
+F1 at 0.5 and at the threshold cross-validation chose; predictions, ROC and confusion tables, pictures.
+"""
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from metastases.cli import configure_logging, run_stage, stage_parser
+from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
+from metastases.params import EvaluateParams, Train3DParams, TrainParams, section, shared_seed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
+    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
+    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
+    parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D checkpoint")
+    parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D checkpoint")
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
+    parser.add_argument("--cv-metrics", type=Path, default=Path("metrics/cv.json"), help="CV thresholds")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"), help="test metrics")
+    parser.add_argument(
+        "--predictions", type=Path, default=Path("metrics/predictions.csv"), help="test-patient scores"
+    )
+    parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="roc/, confusion/, PNGs")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    params = section(EvaluateParams, "evaluate", args.params)
+    train_params = {
+        "2d": section(TrainParams, "train_2d", args.params),
+        "3d": section(Train3DParams, "train_3d", args.params),
+    }
+    data = {"2d": args.data_2d, "3d": args.data_3d}
+    models = {"2d": args.model_2d, "3d": args.model_3d}
+    run_evaluation(
+        {dim: data[dim] for dim in args.dims},
+        {dim: models[dim] for dim in args.dims},
+        args.splits,
+        args.cv_metrics,
+        train_params,
+        params,
+        shared_seed(args.params),
+        EvaluateOutputs(args.metrics, args.predictions, args.plots_dir),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

@@ -1,0 +1,238 @@
+"""Training, cross-validation and evaluation on small real arrays: determinism, no leakage, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metastases.errors import UserError
+from metastases.evaluation.metrics import youden_threshold
+from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
+from metastases.params import CrossValidateParams, EvaluateParams, Train3DParams, TrainParams
+from metastases.training.checkpoint import load_checkpoint
+from metastases.training.cohort import load_cohort
+from metastases.training.dataset import Augmentation, PatientArrays
+from metastases.training.workflow import (
+    CrossValidateOutputs,
+    TrainOutputs,
+    run_cross_validation,
+    run_training,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_arrays import write_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu"}
+PARAMS = {"2d": TrainParams(**TINY), "3d": Train3DParams(**TINY)}
+SEED = 42
+SHAPES = {"2d": (60, 32, 32), "3d": (3, 20, 32, 32)}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_cohort(tmp_path_factory.mktemp("cohort"), patients=16, size_2d=32, size_3d=32, folds=3)
+
+
+def _outputs(root: Path, dim: str) -> TrainOutputs:
+    return TrainOutputs(
+        model=root / f"models/{dim}.pt",
+        metrics=root / f"metrics/train_{dim}.json",
+        plots_dir=root / f"plots/train_{dim}",
+        png=root / f"plots/loss_{dim}.png",
+        timing=root / f"metrics/timing/train_{dim}.json",
+    )
+
+
+def _copy_without(cohort: dict[str, Path], root: Path, drop_split: str) -> dict[str, Path]:
+    """A copy of the cohort whose ``drop_split`` patients have no arrays at all."""
+    splits = pd.read_csv(cohort["splits"], dtype={"patient": str})
+    dropped = set(splits.loc[splits["split"] == drop_split, "patient"])
+    root.mkdir(parents=True)
+    copy = {"splits": root / "splits.csv"}
+    shutil.copy(cohort["splits"], copy["splits"])
+    for dim in ("2d", "3d"):
+        copy[dim] = root / dim
+        shutil.copytree(
+            cohort[dim], copy[dim], ignore=lambda _, names: [n for n in names if n[:-4] in dropped]
+        )
+    return copy
+
+
+def test_augmentation_is_seeded_per_sample_and_epoch(cohort: dict[str, Path]) -> None:
+    patients = pd.read_csv(cohort["2d"] / "index.csv", dtype={"patient": str}).head(2)
+    dataset = PatientArrays(cohort["2d"], patients, Augmentation(0.5, 0.5, 0.1, 0.1), seed=3)
+    first = dataset[0][0]
+    assert first.dtype == torch.float32 and first.shape == (60, 32, 32)
+    assert torch.equal(first, dataset[0][0])
+    dataset.set_epoch(1)
+    assert not torch.equal(first, dataset[0][0])
+    stored = np.load(cohort["2d"] / f"{patients['patient'][0]}.npy").astype(np.float32)
+    plain = PatientArrays(cohort["2d"], patients)[0][0].numpy()
+    assert np.array_equal(plain, stored)
+
+
+def test_flip_and_per_sequence_shift_act_as_specified(cohort: dict[str, Path]) -> None:
+    stored = np.load(next(cohort["3d"].glob("*.npy"))).astype(np.float32)
+    rng = np.random.default_rng(0)
+    flipped = Augmentation(1.0, 0.0, 0.0, 0.0)(stored, rng).numpy()
+    assert np.array_equal(flipped, stored[..., ::-1])
+    shifted = Augmentation(0.0, 0.0, 0.0, 0.2)(stored, rng).numpy()
+    offsets = (shifted - stored).reshape(3, -1)
+    assert np.allclose(offsets, offsets[:, :1], atol=1e-6)  # one offset per sequence
+    assert np.all(np.abs(offsets[:, 0]) <= 0.2) and len(set(np.round(offsets[:, 0], 6))) == 3
+    noisy = Augmentation(0.0, 0.0, 0.5, 0.0)(stored, rng).numpy()
+    assert (noisy - stored).std() == pytest.approx(0.5, rel=0.05)
+
+
+def test_training_twice_gives_identical_metrics_and_curves(cohort: dict[str, Path], tmp_path: Path) -> None:
+    runs = []
+    for name, workers in (("a", 0), ("b", 0), ("c", 1)):
+        params = TrainParams(**{**TINY, "num_workers": workers})
+        outputs = _outputs(tmp_path / name, "2d")
+        runs.append(run_training(cohort["2d"], cohort["splits"], params, SEED, outputs))
+        assert json.loads(outputs.metrics.read_text()) == runs[-1]
+    assert runs[0] == runs[1] == runs[2]  # same numbers with a loader worker too
+    assert (tmp_path / "a/models/2d.pt").read_bytes() == (tmp_path / "b/models/2d.pt").read_bytes()
+    curves = [pd.read_csv(tmp_path / n / "plots/train_2d/loss.csv") for n in "abc"]
+    assert curves[0].equals(curves[1]) and curves[0].equals(curves[2])
+    assert list(curves[0].columns) == ["step", "epoch", "loss"]
+    val = pd.read_csv(tmp_path / "a/plots/train_2d/val.csv")
+    assert list(val.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc"]
+    assert len(val) == TINY["epochs"]
+    assert (tmp_path / "a/plots/loss_2d.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_test_patient_reaches_training_or_threshold_selection(
+    cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    splits = pd.read_csv(cohort["splits"], dtype={"patient": str})
+    test_patients = set(splits.loc[splits["split"] == "test", "patient"])
+    train_patients = set(splits["patient"]) - test_patients
+    # the training stages run where the test patients' arrays do not even exist
+    blind = _copy_without(cohort, tmp_path / "no_test", "test")
+    for dim in ("2d", "3d"):
+        run_training(blind[dim], blind["splits"], PARAMS[dim], SEED, _outputs(tmp_path, dim))
+        _, meta = load_checkpoint(tmp_path / f"models/{dim}.pt", PARAMS[dim].model, dim, SHAPES[dim], "train")
+        assert set(meta["train_patients"]) | set(meta["val_patients"]) == train_patients
+    cv_out = CrossValidateOutputs(
+        tmp_path / "metrics/cv.json",
+        tmp_path / "metrics/cv_predictions.csv",
+        tmp_path / "plots",
+        tmp_path / "t.json",
+    )
+    summary = run_cross_validation(
+        {"2d": blind["2d"], "3d": blind["3d"]}, blind["splits"], PARAMS,
+        CrossValidateParams(epochs_2d=1, epochs_3d=1), SEED, cv_out,
+    )  # fmt: skip
+    oof = pd.read_csv(cv_out.predictions, dtype={"patient": str})
+    for dim in ("2d", "3d"):
+        part = oof[oof["model"] == dim]
+        assert set(part["patient"]) == train_patients and len(part) == len(train_patients)
+        assert summary[dim]["threshold"] == pytest.approx(youden_threshold(part["label"], part["score"]))
+        assert len(summary[dim]["folds"]) == 3
+    # evaluation runs where the training patients' arrays do not exist
+    sighted = _copy_without(cohort, tmp_path / "only_test", "train")
+    results = run_evaluation(
+        {"2d": sighted["2d"], "3d": sighted["3d"]},
+        {dim: tmp_path / f"models/{dim}.pt" for dim in ("2d", "3d")},
+        sighted["splits"], cv_out.metrics, PARAMS, EvaluateParams(bootstrap=200), SEED,
+        EvaluateOutputs(
+            tmp_path / "metrics/evaluate.json", tmp_path / "metrics/predictions.csv", tmp_path / "plots"
+        ),
+    )  # fmt: skip
+    written = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    assert written == results
+    for dim in ("2d", "3d"):
+        block = written[dim]
+        assert {
+            "auc",
+            "auc_ci95",
+            "accuracy",
+            "balanced_accuracy",
+            "sensitivity",
+            "specificity",
+            "f1",
+        } <= set(block)
+        assert block["threshold"] == summary[dim]["threshold"]
+        roc = pd.read_csv(tmp_path / f"plots/roc/{dim}.csv")
+        assert list(roc.columns) == ["fpr", "tpr", "threshold"] and np.isfinite(roc.to_numpy()).all()
+    predictions = pd.read_csv(tmp_path / "metrics/predictions.csv", dtype={"patient": str})
+    assert set(predictions["patient"]) == test_patients
+    for png in ("roc.png", "confusion.png", "cv_loss_2d.png", "cv_loss_3d.png"):
+        assert (tmp_path / "plots" / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_missing_or_stale_arrays_are_one_line_errors(cohort: dict[str, Path], tmp_path: Path) -> None:
+    stale = _copy_without(cohort, tmp_path / "stale", "none")
+    splits = pd.read_csv(stale["splits"], dtype={"patient": str})
+    victim = splits.loc[splits["split"] == "train", "patient"].iloc[0]
+    (stale["2d"] / f"{victim}.npy").unlink()
+    outputs = _outputs(tmp_path / "out", "2d")
+    with pytest.raises(UserError, match="stale"):
+        run_training(stale["2d"], stale["splits"], PARAMS["2d"], SEED, outputs)
+    assert not outputs.metrics.exists() and not outputs.model.exists()
+    index = pd.read_csv(stale["3d"] / "index.csv", dtype={"patient": str})
+    index.iloc[1:].to_csv(stale["3d"] / "index.csv", index=False)
+    with pytest.raises(UserError, match="different runs"):
+        load_cohort(stale["3d"], stale["splits"], "3d")
+    with pytest.raises(UserError, match="expected 4 axes"):
+        load_cohort(cohort["2d"], cohort["splits"], "3d").sample_shape(splits.head(2))
+
+
+def test_a_fold_or_split_with_one_class_is_refused(cohort: dict[str, Path], tmp_path: Path) -> None:
+    splits = pd.read_csv(cohort["splits"], dtype={"patient": str})
+    one_class_fold = splits.copy()
+    one_class_fold.loc[(one_class_fold["split"] == "train") & (one_class_fold["label"] == 1), "fold"] = 0
+    one_class_fold.to_csv(tmp_path / "folds.csv", index=False)
+    with pytest.raises(UserError, match="validation fold 1 has only normal"):
+        run_training(cohort["2d"], tmp_path / "folds.csv", TrainParams(**{**TINY, "val_fold": 1}), SEED,
+                     _outputs(tmp_path, "2d"))  # fmt: skip
+    with pytest.raises(UserError, match="has only"):
+        run_cross_validation(
+            {"3d": cohort["3d"]}, tmp_path / "folds.csv", PARAMS, CrossValidateParams(), SEED,
+            CrossValidateOutputs(tmp_path / "cv.json", tmp_path / "cv.csv", tmp_path, tmp_path / "t.json"),
+        )  # fmt: skip
+    assert not (tmp_path / "cv.json").exists()
+    one_class_test = splits[(splits["split"] == "train") | (splits["label"] == 1)]
+    one_class_test.to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "cv.json").write_text('{"2d": {"threshold": 0.5}}')
+    with pytest.raises(UserError, match="test split has only metastases"):
+        run_evaluation(
+            {"2d": cohort["2d"]}, {"2d": tmp_path / "none.pt"}, tmp_path / "test.csv", tmp_path / "cv.json",
+            PARAMS, EvaluateParams(), SEED,
+            EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path),
+        )  # fmt: skip
+
+
+def test_a_checkpoint_that_does_not_match_params_is_refused(cohort: dict[str, Path], tmp_path: Path) -> None:
+    outputs = _outputs(tmp_path, "3d")
+    run_training(cohort["3d"], cohort["splits"], Train3DParams(**{**TINY, "epochs": 1}), SEED, outputs)
+    with pytest.raises(UserError, match=r"params ask for 3d 'lenet3d'.*train-3d"):
+        load_checkpoint(outputs.model, "lenet3d", "3d", (3, 20, 32, 32), "train-3d")
+    with pytest.raises(UserError, match="shape"):
+        load_checkpoint(outputs.model, "cnn3d", "3d", (3, 20, 64, 64), "train-3d")
+    outputs.model.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable model checkpoint"):
+        load_checkpoint(outputs.model, "cnn3d", "3d", (3, 20, 32, 32), "train-3d")
+
+
+def test_stage_script_prints_one_error_line_and_exits_non_zero(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\ntrain_2d:\n  model: cnn3d\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages/train.py"), "--dim", "2d", "--params", str(params)],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: train_2d.model: 'cnn3d' is a 3d model; train_2d needs a 2d model"
+    ]

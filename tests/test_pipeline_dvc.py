@@ -6,6 +6,7 @@ de-identification of every output).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -32,28 +33,17 @@ IDENTITY_TAGS = (
     "SOPInstanceUID",
 )
 
+# One epoch, tiny arrays, two folds: every stage runs for real in seconds.
 TINY_PARAMS = {
     "split": {"test_fraction": 0.34, "folds": 2},
     "slice_2d": {"size": 32},
     "stack_3d": {"size": 32},
+    "train_2d": {"epochs": 1, "batch_size": 4, "num_workers": 0},
+    "train_3d": {"epochs": 1, "batch_size": 4, "num_workers": 0},
+    "cross_validate": {"epochs_2d": 1, "epochs_3d": 1},
+    "evaluate": {"bootstrap": 200},
 }
-
-
-def tiny_overrides(params: dict) -> dict:
-    """Shrink every training section that exists to one epoch so the pipeline runs in seconds."""
-    for name, section in params.items():
-        if isinstance(section, dict) and "epochs" in section:
-            section["epochs"] = 1
-    for name, values in TINY_PARAMS.items():
-        params.setdefault(name, {}).update(values)
-    for section in ("train_2d", "train_3d", "cross_validate", "evaluate"):
-        if isinstance(params.get(section), dict):
-            for key in ("epochs", "epochs_2d", "epochs_3d"):
-                if key in params[section]:
-                    params[section][key] = 1
-            if "bootstrap" in params[section]:
-                params[section]["bootstrap"] = 200
-    return params
+DEMO_COHORT = ["--patients", "12", "--seed", "3", "--size-scale", "0.25", "--workers", "2"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -74,16 +64,14 @@ def repo(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, repo / name)
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = tiny_overrides(yaml.safe_load((repo / "params.yaml").read_text()))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for name, values in TINY_PARAMS.items():
+        params[name].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
-    run(
-        [sys.executable, "-m", "metastases.demo_cohort", "data/raw", "--patients", "12", "--seed", "3"]
-        + ["--size-scale", "0.25", "--workers", "2"],
-        repo,
-    )
+    run([sys.executable, "-m", "metastases.demo_cohort", "data/raw", *DEMO_COHORT], repo)
     run(["dvc", "add", "-q", "data/raw"], repo)
     repo.joinpath("first_repro.log").write_text(run(["dvc", "repro"], repo))
     return repo
@@ -132,8 +120,6 @@ def test_no_identifying_header_value_reaches_any_output(repo):
     for path in (p for p in files if p.is_file()):
         data = path.read_bytes()
         if path.suffix == ".gz":
-            import gzip
-
             data = gzip.decompress(data)
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} leaked into {path.relative_to(repo)}"

@@ -3,8 +3,7 @@
 The toy's stages are one small Python script that writes, instantly, metrics and plot files with the
 names and shapes of the real pipeline's (metrics/evaluate.json, plots/roc/2d.csv, ...); its metrics
 improve with ``train_2d.epochs`` / ``train_3d.epochs`` so that changing a param visibly moves them. The
-top-level ``plots:`` block is the real dvc.yaml's when it has one (else the proposed block below), so the
-plot definitions users get are the ones tested here.
+top-level ``plots:`` block is the real dvc.yaml's, so the plot definitions users get are the ones tested here.
 
 One repository is shared by the whole module (DVC calls cost about a second each): commit ``base``, then
 ``head`` with ``train_2d.epochs`` 4 -> 8; the experiment tests come last because they change the workspace.
@@ -149,95 +148,6 @@ stages:
     metrics: [{metrics/evaluate.json: {cache: false}}]
 """
 
-# The block proposed for dvc.yaml (issue 4); used until the real dvc.yaml has a top-level `plots:`.
-PROPOSED_PLOTS = """
-plots:
-  - roc:
-      template: simple
-      title: ROC on held-out test patients, 2D vs 3D
-      x: fpr
-      y:
-        plots/roc/2d.csv: tpr
-        plots/roc/3d.csv: tpr
-      x_label: False positive rate (1 - specificity)
-      y_label: True positive rate (sensitivity)
-  - cv_roc:
-      template: simple
-      title: ROC of out-of-fold predictions (cross-validation), 2D vs 3D
-      x: fpr
-      y:
-        plots/cv_roc/2d.csv: tpr
-        plots/cv_roc/3d.csv: tpr
-      x_label: False positive rate (1 - specificity)
-      y_label: True positive rate (sensitivity)
-  - train_loss_2d:
-      template: simple
-      title: 2D model, training loss per iteration
-      x: step
-      y:
-        plots/train_2d/loss.csv: loss
-      x_label: Iteration
-      y_label: Cross-entropy loss
-  - train_loss_3d:
-      template: simple
-      title: 3D model, training loss per iteration
-      x: step
-      y:
-        plots/train_3d/loss.csv: loss
-      x_label: Iteration
-      y_label: Cross-entropy loss
-  - val_loss_2d:
-      template: simple
-      title: 2D model, validation loss per epoch
-      x: epoch
-      y:
-        plots/train_2d/val.csv: val_loss
-      x_label: Epoch
-      y_label: Cross-entropy loss
-  - val_loss_3d:
-      template: simple
-      title: 3D model, validation loss per epoch
-      x: epoch
-      y:
-        plots/train_3d/val.csv: val_loss
-      x_label: Epoch
-      y_label: Cross-entropy loss
-  # cv_<dim>/loss.csv is wide (epoch, train_fold<k>, val_fold<k>, ..., train_mean, val_mean): only the
-  # mean columns are drawn, so the plot does not depend on the number of folds.
-  - cv_loss_2d:
-      template: simple
-      title: 2D model, cross-validation loss per epoch (mean over folds)
-      x: epoch
-      y:
-        plots/cv_2d/loss.csv: [train_mean, val_mean]
-      x_label: Epoch
-      y_label: Cross-entropy loss
-  - cv_loss_3d:
-      template: simple
-      title: 3D model, cross-validation loss per epoch (mean over folds)
-      x: epoch
-      y:
-        plots/cv_3d/loss.csv: [train_mean, val_mean]
-      x_label: Epoch
-      y_label: Cross-entropy loss
-  - confusion_2d:
-      template: confusion
-      title: 2D model, confusion matrix on held-out test patients
-      x: actual
-      y:
-        plots/confusion/2d.csv: predicted
-      x_label: Actual class
-      y_label: Predicted class
-  - confusion_3d:
-      template: confusion
-      title: 3D model, confusion matrix on held-out test patients
-      x: actual
-      y:
-        plots/confusion/3d.csv: predicted
-      x_label: Actual class
-      y_label: Predicted class
-"""
-
 PARAMS = {
     "seed": 42,
     "split": {"folds": 3},
@@ -247,9 +157,8 @@ PARAMS = {
 
 
 def plots_block() -> list:
-    """The real dvc.yaml's top-level ``plots:`` if it has one, else the proposed block."""
-    real = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()) or {}
-    return real.get("plots") or yaml.safe_load(PROPOSED_PLOTS)["plots"]
+    """The real dvc.yaml's top-level ``plots:``: the plot definitions users get are the ones tested."""
+    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]
 
 
 def _env() -> dict[str, str]:

@@ -16,7 +16,7 @@ import pandas as pd
 from metastases.atomic import write_csv, write_json
 from metastases.errors import UserError
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at, roc_table
-from metastases.params import EvaluateParams, TrainParams
+from metastases.params import CLASSES, EvaluateParams, TrainParams
 from metastases.plotting import plot_confusion, plot_roc
 from metastases.training.checkpoint import load_checkpoint
 from metastases.training.cohort import load_cohort, require_both_classes
@@ -101,7 +101,9 @@ def run_evaluation(
         log.info("evaluate %s: AUC %.3f [%.3f, %.3f] on %d test patients", dim, value, low, high, len(test))
     for (dim, table), (_, (roc, _, _)) in zip(confusions.items(), curves.items(), strict=True):
         write_csv(outputs.plots_dir / "roc" / f"{dim}.csv", roc)
-        write_csv(outputs.plots_dir / "confusion" / f"{dim}.csv", table)
+        # class names, not 0/1, so DVC's confusion template labels its axes readably
+        named = table.assign(**{c: [CLASSES[v] for v in table[c]] for c in ("actual", "predicted")})
+        write_csv(outputs.plots_dir / "confusion" / f"{dim}.csv", named)
     plot_roc(curves, outputs.plots_dir / "roc.png")
     plot_confusion(
         {f"{d.upper()} {train_params[d].model} (threshold 0.5)": t for d, t in confusions.items()},

@@ -1,0 +1,66 @@
+"""From ingested volumes to the training arrays, on a real (tiny) demo cohort."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metastases.arrays import array_shape, build_arrays, load_index
+from metastases.demo_cohort.cohort import build_cohort
+from metastases.errors import UserError
+from metastases.ingest import ingest_cohort
+from metastases.montage import sample_montage
+from metastases.params import IngestParams, VolumeParams
+
+
+@pytest.fixture(scope="module")
+def interim(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    build_cohort(root / "raw", patients=2, seed=5, workers=1, size_scale=0.25)
+    ingest_cohort(root / "raw", root / "interim", IngestParams(workers=1))
+    return root / "interim"
+
+
+@pytest.mark.parametrize(("layout", "shape"), [("2d", (60, 512, 512)), ("3d", (3, 20, 512, 512))])
+def test_512_geometry_gives_the_original_study_shapes(interim, tmp_path, layout, shape):
+    params = VolumeParams(size=512)
+    index = build_arrays(interim, tmp_path / layout, params, layout)
+    assert array_shape(params, layout) == shape
+    assert sorted(index["label"]) == [0, 1]
+    for patient in index["patient"]:
+        array = np.load(tmp_path / layout / f"{patient}.npy", mmap_mode="r")
+        assert isinstance(array, np.memmap), "arrays must stream from disk"
+        assert array.shape == shape and array.dtype == np.float16
+        assert np.isfinite(array).all()
+
+
+def test_2d_channels_are_the_3d_sequences_times_slices(interim, tmp_path):
+    params = VolumeParams(size=48, depth_mode="resample")
+    build_arrays(interim, tmp_path / "2d", params, "2d")
+    index = build_arrays(interim, tmp_path / "3d", params, "3d")
+    patient = index["patient"][0]
+    flat = np.load(tmp_path / "2d" / f"{patient}.npy")
+    stacked = np.load(tmp_path / "3d" / f"{patient}.npy")
+    assert np.array_equal(flat[20:40], stacked[1]), "channels 20-39 are the 20 T2 slices"
+    # each sequence is normalised on its own: z-scores centred near 0 with unit spread
+    for sequence in stacked.astype(np.float32):
+        assert abs(sequence.mean()) < 0.05 and abs(sequence.std() - 1) < 0.05
+
+
+def test_stale_arrays_are_removed_and_index_matches_manifest(interim, tmp_path):
+    out = tmp_path / "2d"
+    out.mkdir()
+    (out / "gone-1.npy").write_bytes(b"old")
+    build_arrays(interim, out, VolumeParams(size=32), "2d")
+    index = load_index(out)
+    manifest = pd.read_csv(interim / "manifest.csv")
+    assert sorted(index["patient"]) == sorted(manifest.loc[manifest["status"] == "ok", "patient"])
+    assert sorted(p.stem for p in out.glob("*.npy")) == sorted(index["patient"])
+    sample_montage(out, index, tmp_path / "samples.png", per_class=1)
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_manifest_says_to_run_ingest(tmp_path):
+    with pytest.raises(UserError, match="run the ingest stage"):
+        build_arrays(tmp_path, tmp_path / "out", VolumeParams(), "2d")

@@ -200,7 +200,7 @@ def _template_coordinates(
     geometry: SeriesGeometry, head: HeadTransform, template: Template, bias: np.ndarray, start: int, stop: int
 ) -> tuple[np.ndarray, tuple[slice, slice]] | None:
     """Template voxel indices (3) and bias gain (1) at the pixel centres of slices ``start:stop``
-    (LPS -> patient RAS -> template RAS -> template voxel): float64 ``(4, stop - start, h, w)`` over the
+    (LPS -> patient RAS -> template RAS -> template voxel): float32 ``(4, stop - start, h, w)`` over the
     rectangle ``(rows, columns)`` of the slices that can see the template; None when none can.
     Pixels outside the rectangle lie outside the head and stay air."""
     knots_r = np.unique(np.r_[np.arange(0, geometry.rows, COARSE_STEP), geometry.rows - 1])
@@ -225,10 +225,12 @@ def _template_coordinates(
         int(knots_c[max(cols_seen[0] - 1, 0)]), int(knots_c[min(cols_seen[-1] + 1, len(knots_c) - 1)]) + 1
     )
     channels = np.concatenate([voxels, bias_field(lps, bias)[..., None]], axis=-1)
-    # (channel, slice, coarse row, coarse column), then two matrix products: columns, then rows.
-    channels = np.ascontiguousarray(np.moveaxis(channels, -1, 0))
-    across_full = channels @ _linear_weights(knots_c, geometry.columns)[cols].T
-    return _linear_weights(knots_r, geometry.rows)[rows] @ across_full, (rows, cols)
+    # (channel, slice, coarse row, coarse column), then two products: columns, then rows. float32 keeps
+    # template positions to ~0.001 voxel; einsum avoids numpy's slow broadcast matmul (10x here).
+    channels = np.ascontiguousarray(np.moveaxis(channels, -1, 0), dtype=np.float32)
+    across = _linear_weights(knots_c, geometry.columns)[cols].astype(np.float32)
+    down_rows = _linear_weights(knots_r, geometry.rows)[rows].astype(np.float32)
+    return np.einsum("rk,nskc->nsrc", down_rows, channels @ across.T, optimize=True), (rows, cols)
 
 
 def render_series(

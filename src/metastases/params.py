@@ -24,6 +24,10 @@ CLASSES: tuple[str, ...] = ("normal", "metastases")
 """Class names by integer label: 0 normal, 1 metastases (the positive class)."""
 
 
+SECTION_PLACEHOLDER = "<section>"
+"""Stands for the section name in messages of params classes that several sections share."""
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ParamsError(message)
@@ -108,7 +112,7 @@ class VolumeParams:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
 
     def __post_init__(self) -> None:
-        section = "slice_2d/stack_3d"
+        section = SECTION_PLACEHOLDER  # from_mapping names the real section (slice_2d or stack_3d)
         _require(self.size >= 32, f"{section}.size: must be at least 32, got {self.size}")
         _require(self.depth >= 2, f"{section}.depth: must be at least 2, got {self.depth}")
         _choice(section, "depth_mode", self.depth_mode, ("seed", "resample"))
@@ -147,6 +151,8 @@ def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> 
         return cls(**values)
     except TypeError as exc:
         raise ParamsError(f"{section}: {exc}") from None
+    except ParamsError as exc:
+        raise ParamsError(str(exc).replace(SECTION_PLACEHOLDER, section)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A metastasis is a ball with an irregular outline: an enhancing rim around a necrotic core when it is
 large (>= 10 mm), solid and enhancing when small, with vasogenic oedema that spreads only through
-white matter. A mimic is a small non-enhancing white-matter spot (as in small-vessel disease): bright
+white matter. A mimic is a non-enhancing white-matter spot (as in small-vessel disease): bright
 on FLAIR and T2 like a small metastasis but dark on T1+C, so no single sequence separates the classes.
 All sizes are millimetres in template space.
 """
@@ -70,11 +70,19 @@ def _pick_centre(
 
 
 def sample_metastases(rng: np.random.Generator, template: Template, inside: Coverage) -> list[Lesion]:
-    """1 to 4 metastases, 3 to 20 mm across (log-uniform: most are small), 80 % at the grey/white junction."""
+    """1 to 4 metastases, 80 % at the grey/white junction: one dominant lesion of 10 to 20 mm (as in most
+    patients presenting with brain metastases), the others 3 to 20 mm across, log-uniform (mostly small).
+
+    Without the dominant lesion most patients carried only lesions of a few pixels at the pipeline's
+    default resolution, and no model, trivial or not, rose above chance on a 240-patient cohort.
+    """
     count = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
     lesions: list[Lesion] = []
-    for _ in range(count):
-        diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(20.0))))
+    for index in range(count):
+        if index == 0:
+            diameter = float(rng.uniform(10.0, 20.0))
+        else:
+            diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(20.0))))
         radius = diameter / 2
         core = radius - rng.uniform(1.5, 3.0) if diameter >= 10.0 else 0.0
         spread = rng.uniform(1.6, 2.8) if diameter >= 6.0 else rng.uniform(1.0, 1.8)
@@ -86,10 +94,14 @@ def sample_metastases(rng: np.random.Generator, template: Template, inside: Cove
 
 
 def sample_mimics(rng: np.random.Generator, template: Template, inside: Coverage, count: int) -> list[Lesion]:
-    """``count`` white-matter spots 2 to 6 mm across, mostly in deep white matter."""
+    """``count`` white-matter spots 2 to 12 mm across (log-uniform), mostly in deep white matter.
+
+    The larger ones (confluent small-vessel disease) are as bright on FLAIR as a metastasis's oedema,
+    so the FLAIR intensity histogram alone cannot tell the classes apart.
+    """
     spots: list[Lesion] = []
     for _ in range(count):
-        radius = float(rng.uniform(2.0, 6.0)) / 2
+        radius = float(np.exp(rng.uniform(np.log(2.0), np.log(12.0)))) / 2
         candidates = template.deep_wm_mm if rng.random() < 0.7 else template.junction_mm
         centre = _pick_centre(rng, candidates, radius, spots, inside)
         spots.append(Lesion("mimic", centre, radius, 0.0, 0.0, _lobes(rng, 0.3)))

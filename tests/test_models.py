@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metastases.errors import ParamsError
-from metastases.models import MODELS, CompactCNN, build_model, model_dim
+from metastases.models import MODELS, CompactCNN, SliceMIL, build_model, model_dim
 from metastases.models.lenet3d import SEED_KERNELS, scaled_kernel
 
 SMALL_SHAPES = {"2d": (60, 64, 64), "3d": (3, 20, 32, 32)}
@@ -73,6 +73,67 @@ def test_compact_cnn_switches_between_2d_and_3d_convolutions() -> None:
     assert any(isinstance(m, nn.Conv3d) for m in CompactCNN(3, 3).modules())
     with pytest.raises(ValueError, match="spatial_dims"):
         CompactCNN(1, 3)
+    with pytest.raises(ValueError, match="pooling"):
+        CompactCNN(3, 3, pooling="median")
+
+
+@pytest.mark.parametrize(("pooling", "features"), [("avg", 128), ("max", 128), ("avgmax", 256)])
+def test_compact_cnn_pooling_sets_the_classifier_width(pooling: str, features: int) -> None:
+    model = CompactCNN(3, 3, pooling=pooling).eval()
+    assert model.classifier[-1].in_features == features
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 8, 32, 32)).shape == (2, 2)
+
+
+def test_max_pooling_keeps_a_small_bright_spot_that_average_pooling_dilutes() -> None:
+    # the same one-voxel spot in a small and in a large volume: the max-pooled features do not depend
+    # on how much empty brain surrounds the spot, the average-pooled ones shrink with the volume
+    torch.manual_seed(0)
+    pooled: dict[str, list[torch.Tensor]] = {"avg": [], "max": []}
+    for pooling, vectors in pooled.items():
+        model = CompactCNN(3, 3, pooling=pooling).eval()
+        for size in (32, 96):
+            volume = torch.zeros(1, 3, 8, size, size)
+            volume[0, 2, 4, 12, 12] = 10.0  # an enhancing voxel on T1+C
+            with torch.no_grad():
+                vectors.append(model.pool(model.features(volume)))
+    small, large = pooled["max"]
+    assert torch.allclose(small, large, atol=1e-5)
+    small, large = pooled["avg"]
+    assert not torch.allclose(small, large, atol=1e-3)
+
+
+def test_slice_mil_makes_one_instance_per_slice_with_the_sequences_as_channels() -> None:
+    # the 2D layout's channel is sequence * 20 + slice; fill each with 100 * sequence + slice
+    sequences, depth = 3, 20
+    channel_values = torch.tensor([100.0 * s + k for s in range(sequences) for k in range(depth)])
+    x = channel_values[None, :, None, None].expand(2, -1, 4, 4)
+    instances = SliceMIL(sequences * depth).instances(x)
+    assert instances.shape == (2 * depth, sequences, 4, 4)
+    for batch in range(2):
+        for k in range(depth):
+            values = instances[batch * depth + k, :, 0, 0].tolist()
+            assert values == [float(k), 100.0 + k, 200.0 + k]
+
+
+def test_slice_mil_ignores_the_order_of_slices() -> None:
+    # max over slices: the patient's score does not depend on which slice holds the lesion
+    torch.manual_seed(0)
+    model = SliceMIL(60).eval()
+    x = torch.randn(1, 60, 32, 32)
+    order = torch.randperm(20)
+    shuffled = x.reshape(1, 3, 20, 32, 32)[:, :, order].reshape(1, 60, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(shuffled), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        SliceMIL(61)
+
+
+def test_default_models_are_the_slice_mil_and_the_max_pooled_3d_cnn() -> None:
+    assert isinstance(build_model("cnn2d", (60, 64, 64)), SliceMIL)
+    model_3d = build_model("cnn3d", (3, 20, 32, 32))
+    assert isinstance(model_3d, CompactCNN) and model_3d.pooling == "max"
+    assert build_model("compact3d", (3, 20, 32, 32)).pooling == "avg"
 
 
 def test_registry_rejects_unknown_names_and_wrong_layouts() -> None:

@@ -15,6 +15,7 @@ from metastases.errors import ParamsError
 from metastases.models.alexnet2d import AlexNet2D
 from metastases.models.compact import CompactCNN
 from metastases.models.lenet3d import LeNet3D
+from metastases.models.slice_mil import SliceMIL
 from metastases.models.torchvision_nets import resnet18_2d, video_resnet
 
 
@@ -34,11 +35,15 @@ def _lenet(shape: tuple[int, ...], classes: int) -> nn.Module:
     return LeNet3D(in_channels=shape[0], depth=shape[1], size=shape[-1], num_classes=classes)
 
 
-def _compact(dims: int) -> Callable[[tuple[int, ...], int], nn.Module]:
+def _compact(dims: int, pooling: str) -> Callable[[tuple[int, ...], int], nn.Module]:
     def build(shape: tuple[int, ...], classes: int) -> nn.Module:
-        return CompactCNN(spatial_dims=dims, in_channels=shape[0], num_classes=classes)
+        return CompactCNN(spatial_dims=dims, in_channels=shape[0], num_classes=classes, pooling=pooling)
 
     return build
+
+
+def _slice_mil(shape: tuple[int, ...], classes: int) -> nn.Module:
+    return SliceMIL(in_channels=shape[0], num_classes=classes)
 
 
 def _video(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
@@ -51,8 +56,14 @@ def _video(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
 MODELS: dict[str, ModelSpec] = {
     "alexnet2d": ModelSpec("2d", _alexnet, "the seed's AlexNet with 60 input channels (baseline)"),
     "lenet3d": ModelSpec("3d", _lenet, "the seed's LeNet-3D, kernels scaled below S=512 (baseline)"),
-    "cnn2d": ModelSpec("2d", _compact(2), "compact 4-stage CNN, 2D (default)"),
-    "cnn3d": ModelSpec("3d", _compact(3), "compact 4-stage CNN, 3D (default)"),
+    "cnn2d": ModelSpec(
+        "2d", _slice_mil, "multiple-instance slice CNN: shared encoder per slice, max over slices (default)"
+    ),
+    "cnn3d": ModelSpec("3d", _compact(3, "max"), "compact 4-stage 3D CNN, global max pooling (default)"),
+    "compact2d": ModelSpec(
+        "2d", _compact(2, "avg"), "compact 4-stage 2D CNN on 60 channels, average pooling"
+    ),
+    "compact3d": ModelSpec("3d", _compact(3, "avg"), "compact 4-stage 3D CNN, average pooling"),
     "resnet18_2d": ModelSpec("2d", lambda s, c: resnet18_2d(s[0], c), "torchvision ResNet-18, 60-ch stem"),
     "r3d_18": ModelSpec("3d", _video("r3d_18"), "torchvision video ResNet r3d_18"),
     "mc3_18": ModelSpec("3d", _video("mc3_18"), "torchvision video ResNet mc3_18"),
@@ -79,4 +90,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -
     return MODELS[name].build(tuple(int(v) for v in input_shape), num_classes)
 
 
-__all__ = ["MODELS", "AlexNet2D", "CompactCNN", "LeNet3D", "build_model", "model_dim"]
+__all__ = ["MODELS", "AlexNet2D", "CompactCNN", "LeNet3D", "SliceMIL", "build_model", "model_dim"]

@@ -1,15 +1,21 @@
 """A compact CNN for 2D or 3D input through one ``spatial_dims`` switch (the project's default models).
 
 Four stages of convolution (kernel 3), batch normalisation and ReLU, each halving the in-plane size,
-then global average pooling, dropout and one linear layer. In 3D the first stage keeps the depth
-(20 slices is already shallow), later stages halve it too. It has about 0.1-0.4 M parameters, which
-suits a cohort of tens to hundreds of patients trained from scratch on a CPU.
+then global pooling, dropout and one linear layer. In 3D the first stage keeps the depth (20 slices is
+already shallow), later stages halve it too. It has about 0.1-0.4 M parameters, which suits a cohort of
+tens to hundreds of patients trained from scratch on a CPU.
+
+The global pooling is ``avg`` (the mean over positions), ``max`` (the strongest response anywhere) or
+``avgmax`` (both, concatenated). A metastasis fills a few voxels of a 20 x 64 x 64 volume, so an
+average over positions dilutes it; the maximum keeps it (see the benchmark in the README).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+POOLINGS = ("avg", "max", "avgmax")
 
 
 class CompactCNN(nn.Module):
@@ -22,13 +28,15 @@ class CompactCNN(nn.Module):
         num_classes: int = 2,
         channels: tuple[int, ...] = (16, 32, 64, 128),
         dropout: float = 0.2,
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
-        pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         layers: list[nn.Module] = []
         previous = in_channels
         for index, width in enumerate(channels):
@@ -42,8 +50,19 @@ class CompactCNN(nn.Module):
             ]
             previous = width
         self.features = nn.Sequential(*layers)
-        self.pool = pool
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(previous, num_classes))
+        self.pooling = pooling
+        pooled = 2 * previous if pooling == "avgmax" else previous
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(pooled, num_classes))
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, F, *positions]`` feature maps -> ``[B, F]`` (``2F`` for ``avgmax``) by global pooling."""
+        flat = torch.flatten(features, 2)
+        pooled = []
+        if self.pooling in ("avg", "avgmax"):
+            pooled.append(flat.mean(dim=2))
+        if self.pooling in ("max", "avgmax"):
+            pooled.append(flat.amax(dim=2))
+        return torch.cat(pooled, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return self.classifier(self.pool(self.features(x)))

@@ -1,17 +1,12 @@
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from metastases.errors import ParamsError
 from metastases.params import VolumeParams, from_mapping
-from metastases.volumes import (
-    fit_depth,
-    load_axial_stack,
-    normalise,
-    resample_depth,
-    resize_slices,
-    seed_depth_indices,
-)
+from metastases.volumes import depth_positions, normalise, patient_tensor, seed_depth_indices
 
 
 def test_seed_rule_10_slices_repeats_only_the_two_middle_slices():
@@ -47,24 +42,9 @@ def test_seed_rule_always_gives_20_valid_indices(n_slices):
 
 
 def test_resample_mode_spans_the_whole_head_linearly():
-    volume = np.arange(40, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
-    resampled = resample_depth(volume, 20)
-    assert resampled.shape == (20, 4, 4)
-    assert resampled[0, 0, 0] == 0 and resampled[-1, 0, 0] == 39
-    assert np.allclose(np.diff(resampled[:, 0, 0]), 39 / 19)
-
-
-def test_fit_depth_follows_the_mode():
-    volume = np.random.default_rng(0).random((30, 8, 8)).astype(np.float32)
-    seed = fit_depth(volume, VolumeParams(depth_mode="seed"))
-    assert np.array_equal(seed, volume[5:25])
-    assert fit_depth(volume, VolumeParams(depth_mode="resample")).shape == (20, 8, 8)
-
-
-def test_resize_to_512_and_down():
-    volume = np.ones((3, 256, 256), np.float32)
-    assert resize_slices(volume, 512).shape == (3, 512, 512)
-    assert np.allclose(resize_slices(volume, 64), 1.0)
+    positions = depth_positions(40, VolumeParams(depth_mode="resample"))
+    assert len(positions) == 20 and positions[0] == 0 and positions[-1] == 39
+    assert np.allclose(np.diff(positions), 39 / 19)
 
 
 def test_zscore_normalisation_is_per_volume_and_scale_free():
@@ -72,21 +52,51 @@ def test_zscore_normalisation_is_per_volume_and_scale_free():
     volume = rng.gamma(2.0, 300.0, size=(10, 32, 32)).astype(np.float32)
     a = normalise(volume, "zscore", (0.5, 99.5))
     b = normalise(volume * 7.0 + 100.0, "zscore", (0.5, 99.5))
+    assert a.dtype == np.float32
     assert abs(a.mean()) < 1e-4 and abs(a.std() - 1) < 1e-3
     assert np.allclose(a, b, atol=1e-4), "an affine intensity change must not change the normalised volume"
     m = normalise(volume, "minmax", (0.0, 100.0))
     assert m.min() == 0.0 and m.max() == 1.0
 
 
-def test_loaded_slices_show_anterior_up_and_patient_right_on_the_left(tmp_path):
-    # A marker in the right-anterior-superior corner, stored in an LPS-like (flipped x and y) voxel order.
-    data = np.zeros((8, 6, 4), np.float32)
-    data[0, 0, 3] = 1.0  # voxel (0, 0): most right (x flipped) and most anterior (y flipped)
-    affine = np.diag([-1.0, -1.0, 5.0, 1.0])
-    nib.save(nib.Nifti1Image(data, affine), tmp_path / "v.nii.gz")
-    stack = load_axial_stack(tmp_path / "v.nii.gz")
-    assert stack.shape == (4, 6, 8)  # slices, rows (anterior->posterior), columns (right->left)
-    assert stack[3, 0, 0] == 1.0 and stack.sum() == 1.0
+def ball_image(path: Path, shape, spacing, centre_world, origin) -> Path:
+    """A NIfTI volume (x and y flipped, as DICOM stores them) with a bright 12 mm ball at ``centre_world``."""
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = origin
+    voxels = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    world = voxels @ affine[:3, :3].T + affine[:3, 3]
+    data = 100.0 + 900.0 * (np.linalg.norm(world - centre_world, axis=-1) < 6.0)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), path)
+    return path
+
+
+def test_the_three_sequences_are_sampled_on_one_grid(tmp_path):
+    centre = np.array([30.0, 40.0, 12.0])  # RAS: right, anterior, above the middle
+    paths = {
+        # different matrices, slice thicknesses and origins, like three real series of one visit
+        "flair": ball_image(tmp_path / "f.nii.gz", (64, 64, 30), (3.75, 3.75, 4.0), centre, (120, 120, -60)),
+        "t2": ball_image(tmp_path / "t.nii.gz", (96, 96, 24), (2.5, 2.5, 5.0), centre, (119, 121, -58)),
+        "t1c": ball_image(tmp_path / "c.nii.gz", (80, 80, 36), (3.0, 3.0, 3.5), centre, (118, 119, -61)),
+    }
+    params = VolumeParams(size=64, depth_mode="resample", clip_percentiles=(0.0, 100.0))
+    tensor = patient_tensor(paths, params)
+    assert tensor.shape == (3, 20, 64, 64) and tensor.dtype == np.float32
+    peaks = [np.unravel_index(np.argmax(channel), channel.shape) for channel in tensor]
+    for peak in peaks[:2]:
+        assert np.abs(np.subtract(peak, peaks[2])).max() <= 1, f"sequences misaligned: {peaks}"
+    k, row, column = peaks[2]
+    assert k > 10, "the ball is above the middle"
+    assert row < 32 and column < 32, "anterior at the top, the patient's right on the image's left"
+
+
+def test_512_output_from_a_256_reference(tmp_path):
+    centre = np.zeros(3)
+    paths = {
+        s: ball_image(tmp_path / f"{s}.nii.gz", (32, 32, 12), (7.5, 7.5, 5.0), centre, (120, 120, -30))
+        for s in ("flair", "t2", "t1c")
+    }
+    tensor = patient_tensor(paths, VolumeParams(size=512))
+    assert tensor.shape == (3, 20, 512, 512) and np.isfinite(tensor).all()
 
 
 @pytest.mark.parametrize(

@@ -107,9 +107,9 @@ class VolumeParams:
 
     size: int = 128
     depth: int = 20
-    depth_mode: str = "seed"
+    depth_mode: str = "resample"
     normalise: str = "zscore"
-    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    clip_percentiles: tuple[float, float] = (0.5, 99.9)
 
     def __post_init__(self) -> None:
         section = SECTION_PLACEHOLDER  # from_mapping names the real section (slice_2d or stack_3d)

@@ -1,4 +1,11 @@
-"""A patient's three NIfTI volumes -> one ``[3, depth, S, S]`` tensor: orient, fit depth, resize, scale."""
+"""A patient's three NIfTI volumes -> one ``[3, depth, S, S]`` tensor, the sequences aligned voxel for voxel.
+
+The three series of one visit share the scanner's frame of reference but not their grids: slice
+counts, thicknesses, matrices and tilts differ. So the T1+C series defines the target grid (its
+slices, chosen by the depth rule, and its field of view at ``S x S``), and every sequence is sampled at
+the same world positions through its own NIfTI affine. Slice ``k`` of FLAIR, T2 and T1+C then shows
+the same anatomy, which the original study (fitting each sequence's depth on its own) did not ensure.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy import ndimage
 
 from metastases.params import SEQUENCES, VolumeParams
 
 SEED_DEPTH = 20
+REFERENCE_SEQUENCE = "t1c"
+"""The sequence whose slices and field of view define the common grid."""
 
 
 def seed_depth_indices(n_slices: int) -> np.ndarray:
@@ -40,28 +48,14 @@ def seed_depth_indices(n_slices: int) -> np.ndarray:
     )
 
 
-def resample_depth(volume: np.ndarray, depth: int) -> np.ndarray:
-    """Linearly interpolate ``[n, H, W]`` to ``depth`` slices spread evenly from the first to the last."""
-    n_slices = volume.shape[0]
-    positions = np.linspace(0, n_slices - 1, depth)
-    below = np.floor(positions).astype(int)
-    above = np.minimum(below + 1, n_slices - 1)
-    weight = (positions - below)[:, None, None].astype(np.float32)
-    return (1 - weight) * volume[below] + weight * volume[above]
+def depth_positions(n_slices: int, params: VolumeParams) -> np.ndarray:
+    """Positions (in slice indices, possibly fractional) of the ``params.depth`` output slices.
 
-
-def fit_depth(volume: np.ndarray, params: VolumeParams) -> np.ndarray:
-    """``[n, H, W]`` -> ``[params.depth, H, W]`` by the seed rule or by even resampling."""
+    ``seed``: the original study's rule; ``resample``: evenly from the first to the last slice.
+    """
     if params.depth_mode == "seed":
-        return volume[seed_depth_indices(volume.shape[0])]
-    return resample_depth(volume, params.depth)
-
-
-def resize_slices(volume: np.ndarray, size: int) -> np.ndarray:
-    """Resize every slice of ``[D, H, W]`` to ``[D, size, size]`` (bilinear, antialiased when shrinking)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[:, None]
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return resized[:, 0].numpy()
+        return seed_depth_indices(n_slices).astype(float)
+    return np.linspace(0, n_slices - 1, params.depth)
 
 
 def normalise(volume: np.ndarray, mode: str, clip_percentiles: tuple[float, float]) -> np.ndarray:
@@ -72,29 +66,55 @@ def normalise(volume: np.ndarray, mode: str, clip_percentiles: tuple[float, floa
     volume = volume.astype(np.float32)
     if mode == "none":
         return volume
-    low, high = np.percentile(volume, clip_percentiles)
+    low, high = (float(v) for v in np.percentile(volume, clip_percentiles))
     volume = np.clip(volume, low, high)
     if mode == "minmax":
-        return (volume - low) / max(float(high - low), 1e-6)
+        return (volume - low) / max(high - low, 1e-6)
     return (volume - volume.mean()) / max(float(volume.std()), 1e-6)
 
 
-def load_axial_stack(path: str | Path) -> np.ndarray:
-    """Read a NIfTI volume as ``[slices, rows, columns]``, inferior to superior, displayed head-up.
+def _canonical(path: str | Path) -> nib.Nifti1Image:
+    return nib.as_closest_canonical(nib.load(str(path)))
 
-    The volume is brought to the closest RAS orientation, then each axial slice is laid out as a
-    radiologist views it: anterior at the top, the patient's right on the image's left.
+
+def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
+    """World (RAS mm) centres ``[depth, S, S, 3]`` of the output voxels, laid out head-up.
+
+    The reference's field of view is divided into ``S x S`` pixels; rows run anterior to posterior and
+    columns from the patient's right to left (as a radiologist views an axial slice), slices upwards.
     """
-    image = nib.as_closest_canonical(nib.load(str(path)))
-    data = np.asarray(image.dataobj, dtype=np.float32)  # [i: right, j: anterior, k: superior]
-    return np.ascontiguousarray(np.transpose(data[::-1, ::-1, :], (2, 1, 0)))
+    size = params.size
+    n_i, n_j, n_k = reference.shape[:3]
+    k = depth_positions(n_k, params)
+    # canonical voxel axes point to the right (i), anterior (j), superior (k): flip i and j for display
+    columns = n_i - 0.5 - (np.arange(size) + 0.5) * n_i / size
+    rows = n_j - 0.5 - (np.arange(size) + 0.5) * n_j / size
+    voxels = np.stack(np.meshgrid(k, rows, columns, indexing="ij"), axis=-1)[..., ::-1]  # (i, j, k)
+    return nib.affines.apply_affine(reference.affine, voxels)
+
+
+def sample(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
+    """Trilinear samples of ``image`` at ``world`` points (RAS mm); outside the volume is 0.
+
+    The image is first smoothed in-plane in proportion to the downsampling, so shrinking a 512 matrix
+    to S does not alias.
+    """
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    in_plane = np.linalg.norm(image.affine[:3, :2], axis=0)
+    out_spacing = np.linalg.norm(world[0, 1, 1] - world[0, 0, 0]) / np.sqrt(2) if world.shape[1] > 1 else 0
+    sigma = [max(out_spacing / s - 1.0, 0.0) * 0.5 for s in in_plane] + [0.0]
+    if any(sigma):
+        data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
+    voxels = nib.affines.apply_affine(np.linalg.inv(image.affine), world)
+    return ndimage.map_coordinates(data, np.moveaxis(voxels, -1, 0), order=1, mode="constant", cval=0.0)
 
 
 def patient_tensor(volume_paths: Mapping[str, str | Path], params: VolumeParams) -> np.ndarray:
     """Build the ``[3, depth, size, size]`` float32 tensor of one patient (channels FLAIR, T2, T1+C)."""
-    channels = []
-    for sequence in SEQUENCES:
-        stack = resize_slices(fit_depth(load_axial_stack(volume_paths[sequence]), params), params.size)
-        # normalised last: the statistics are those of what the network sees, and 10-50x cheaper
-        channels.append(normalise(stack, params.normalise, params.clip_percentiles))
+    images = {sequence: _canonical(volume_paths[sequence]) for sequence in SEQUENCES}
+    world = target_grid(images[REFERENCE_SEQUENCE], params)
+    channels = [
+        normalise(sample(images[sequence], world), params.normalise, params.clip_percentiles)
+        for sequence in SEQUENCES
+    ]
     return np.stack(channels)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metastases.errors import ParamsError
-from metastases.models import MODELS, CompactCNN, SliceMIL, build_model, model_dim
+from metastases.models import MODELS, CompactCNN, SliceMIL, VolumeMIL, build_model, model_dim
 from metastases.models.lenet3d import SEED_KERNELS, scaled_kernel
 
 SMALL_SHAPES = {"2d": (60, 64, 64), "3d": (3, 20, 32, 32)}
@@ -129,11 +129,37 @@ def test_slice_mil_ignores_the_order_of_slices() -> None:
         SliceMIL(61)
 
 
-def test_default_models_are_the_slice_mil_and_the_max_pooled_3d_cnn() -> None:
+def test_default_models_are_the_slice_and_volume_mil_networks() -> None:
     assert isinstance(build_model("cnn2d", (60, 64, 64)), SliceMIL)
-    model_3d = build_model("cnn3d", (3, 20, 32, 32))
-    assert isinstance(model_3d, CompactCNN) and model_3d.pooling == "max"
+    assert isinstance(build_model("cnn3d", (3, 20, 32, 32)), VolumeMIL)
+    assert build_model("compact3d_max", (3, 20, 32, 32)).pooling == "max"
     assert build_model("compact3d", (3, 20, 32, 32)).pooling == "avg"
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 0, 0), (0, 4, 0), (3, 8, 12)])
+def test_volume_mil_scores_a_lesion_the_same_wherever_it_is(shift: tuple[int, int, int]) -> None:
+    # a ring-enhancing blob on T1+C with FLAIR-bright surroundings, moved by whole output cells
+    # (1 slice, 4 pixels: the encoder's strides) and kept away from the borders
+    torch.manual_seed(0)
+    model = VolumeMIL(3).eval()
+    volume = torch.zeros(1, 3, 20, 64, 64)
+    dz, dy, dx = shift
+    volume[0, 0, 4 + dz : 9 + dz, 16 + dy : 26 + dy, 16 + dx : 26 + dx] = 2.0
+    volume[0, 2, 5 + dz : 8 + dz, 18 + dy : 24 + dy, 18 + dx : 24 + dx] = 3.0
+    volume[0, 2, 6 + dz, 20 + dy : 22 + dy, 20 + dx : 22 + dx] = -1.0
+    reference = torch.zeros_like(volume)
+    reference[0, 0, 4:9, 16:26, 16:26] = 2.0
+    reference[0, 2, 5:8, 18:24, 18:24] = 3.0
+    reference[0, 2, 6, 20:22, 20:22] = -1.0
+    with torch.no_grad():
+        moved, original, empty = model(volume), model(reference), model(torch.zeros_like(volume))
+    assert torch.allclose(moved, original, atol=1e-5)
+    assert not torch.allclose(original, empty, atol=1e-3)  # and the blob does change the score
+
+
+def test_volume_mil_needs_one_stride_per_stage() -> None:
+    with pytest.raises(ValueError, match="3 channel widths but 2 strides"):
+        VolumeMIL(3, channels=(8, 16, 32), strides=((1, 2, 2), (1, 2, 2)))
 
 
 def test_registry_rejects_unknown_names_and_wrong_layouts() -> None:

@@ -12,7 +12,8 @@ arrays that already exist::
 
 Every CNN is cross-validated over the training folds (epochs from ``cross_validate``), then trained on
 the whole training split (epochs from ``train_<dim>``) and scored on the test split; ``--epochs N``
-uses N for both, for every CNN alike. The trivial reference is a logistic regression on per-sequence
+uses N for both, for every CNN alike; ``--jobs 2`` benchmarks two models at once (one process each,
+give each ``--threads 1`` on a 2-core machine). The trivial reference is a logistic regression on per-sequence
 intensity histograms; if it scores like the CNNs, the cohort is too easy to tell the models apart.
 """
 
@@ -21,8 +22,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +198,33 @@ def benchmark_model(
     }
 
 
+Job = tuple[Cohort, TrainParams, int, EvaluateParams, int, bool]
+"""One CNN's benchmark: cohort, params, CV epochs, evaluation params, seed, verbose logging."""
+
+
+def _benchmark_job(job: Job) -> dict:
+    """:func:`benchmark_model` in a worker process of ``--jobs``."""
+    cohort, params, cv_epochs, evaluate, seed, verbose = job
+    configure_logging(verbose)
+    if multiprocessing.get_start_method() == "spawn" and "fork" in multiprocessing.get_all_start_methods():
+        # a spawned process spawns its loader workers too, re-importing torch every epoch; forking
+        # them, as a single-process run does, keeps the timings of --jobs and serial runs comparable
+        multiprocessing.set_start_method("fork", force=True)
+    row = benchmark_model(cohort, params, cv_epochs, evaluate, seed)
+    log.info("%s: %s", params.model, row)
+    return row
+
+
+def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
+    """Benchmark rows in the order of ``jobs``, ``workers`` models at a time (1: in this process)."""
+    if workers == 1:
+        return [_benchmark_job(job) for job in jobs]
+    # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_benchmark_job, jobs))
+
+
 def markdown_table(rows: list[dict], cohort_size: int, test_size: int) -> str:
     lines = [
         f"Cohort: {cohort_size} patients, {test_size} held out for test.",
@@ -251,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=["alexnet2d", "compact2d", "cnn2d", "lenet3d", "compact3d", "cnn3d"],
+        default=["alexnet2d", "cnn2d", "lenet3d", "cnn3d"],
         help="registered model names (default: %(default)s)",
     )
     parser.add_argument(
@@ -262,12 +292,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads for every CNN (default: from params)"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="models benchmarked at once, one process each (default: 1)"
+    )
     parser.add_argument("--out", type=Path, help="markdown table (default: reports/benchmark.md)")
     parser.add_argument("--json", type=Path, help="the same as JSON (default: reports/benchmark.json)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    for option in ("epochs", "threads"):
+    for option in ("epochs", "threads", "jobs"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
     for name in args.models:
@@ -307,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         "3d": load_cohort(args.data_3d, args.splits, "3d"),
     }
     rows = [histogram_reference(cohorts["3d"], evaluate, seed)]
+    jobs: list[Job] = []
     for name in args.models:
         dim = model_dim(name)
         params = dataclasses.replace(base[dim], model=name)
@@ -315,8 +349,8 @@ def main(argv: list[str] | None = None) -> None:
             params, epochs = dataclasses.replace(params, epochs=args.epochs), args.epochs
         if args.threads is not None:
             params = dataclasses.replace(params, threads=args.threads)
-        rows.append(benchmark_model(cohorts[dim], params, epochs, evaluate, seed))
-        log.info("%s: %s", name, rows[-1])
+        jobs.append((cohorts[dim], params, epochs, evaluate, seed, args.verbose))
+    rows += run_jobs(jobs, args.jobs)
     splits = cohorts["2d"].splits
     table = markdown_table(rows, len(splits), int((splits["split"] == "test").sum()))
     write_json(args.json, rows)

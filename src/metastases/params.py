@@ -25,6 +25,10 @@ CLASSES: tuple[str, ...] = ("normal", "metastases")
 
 
 SECTION_PLACEHOLDER = "<section>"
+
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+"""``cosine`` anneals the learning rate to 0 over the epochs, so the last epoch's weights (the ones
+scored and saved) come from a settled optimiser rather than one step of a noisy walk."""
 """Stands for the section name in messages of params classes that several sections share."""
 
 
@@ -196,6 +200,7 @@ class TrainParams:
     epochs: int = 12
     batch_size: int = 8
     lr: float = 0.001
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.0001
     val_fold: int = 0
     flip_horizontal: float = 0.5
@@ -219,6 +224,10 @@ class TrainParams:
         _require(self.epochs >= 1, f"{name}.epochs: must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{name}.batch_size: must be at least 1, got {self.batch_size}")
         _require(0 < self.lr < 1, f"{name}.lr: must be in (0, 1), got {self.lr}")
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"{name}.lr_schedule: {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}",
+        )
         _require(self.weight_decay >= 0, f"{name}.weight_decay: must be >= 0, got {self.weight_decay}")
         _require(self.val_fold >= 0, f"{name}.val_fold: must be a fold number >= 0, got {self.val_fold}")
         for key in ("flip_horizontal", "flip_vertical"):

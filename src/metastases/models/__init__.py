@@ -17,6 +17,7 @@ from metastases.models.compact import CompactCNN
 from metastases.models.lenet3d import LeNet3D
 from metastases.models.slice_mil import SliceMIL
 from metastases.models.torchvision_nets import resnet18_2d, video_resnet
+from metastases.models.volume_mil import VolumeMIL
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ def _slice_mil(shape: tuple[int, ...], classes: int) -> nn.Module:
     return SliceMIL(in_channels=shape[0], num_classes=classes)
 
 
+def _volume_mil(shape: tuple[int, ...], classes: int) -> nn.Module:
+    return VolumeMIL(in_channels=shape[0], num_classes=classes)
+
+
 def _video(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
     def build(shape: tuple[int, ...], classes: int) -> nn.Module:
         return video_resnet(name, in_channels=shape[0], num_classes=classes)
@@ -59,7 +64,10 @@ MODELS: dict[str, ModelSpec] = {
     "cnn2d": ModelSpec(
         "2d", _slice_mil, "multiple-instance slice CNN: shared encoder per slice, max over slices (default)"
     ),
-    "cnn3d": ModelSpec("3d", _compact(3, "max"), "compact 4-stage 3D CNN, global max pooling (default)"),
+    "cnn3d": ModelSpec(
+        "3d", _volume_mil, "multiple-instance 3D CNN: shallow local detector, max over the volume (default)"
+    ),
+    "compact3d_max": ModelSpec("3d", _compact(3, "max"), "compact 4-stage 3D CNN, global max pooling"),
     "compact2d": ModelSpec(
         "2d", _compact(2, "avg"), "compact 4-stage 2D CNN on 60 channels, average pooling"
     ),
@@ -90,4 +98,13 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -
     return MODELS[name].build(tuple(int(v) for v in input_shape), num_classes)
 
 
-__all__ = ["MODELS", "AlexNet2D", "CompactCNN", "LeNet3D", "SliceMIL", "build_model", "model_dim"]
+__all__ = [
+    "MODELS",
+    "AlexNet2D",
+    "CompactCNN",
+    "LeNet3D",
+    "SliceMIL",
+    "VolumeMIL",
+    "build_model",
+    "model_dim",
+]

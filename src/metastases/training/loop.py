@@ -161,6 +161,9 @@ def fit(
     model = build_model(params.model, input_shape).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    schedule = None
+    if params.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(device))
     train_set = PatientArrays(array_dir, train, Augmentation.from_params(params), seed=seed)
     train_loader = make_loader(train_set, params.batch_size, True, seed, params.num_workers, device)
@@ -175,6 +178,8 @@ def fit(
         train_set.set_epoch(epoch)
         losses, timing = train_one_epoch(model, train_loader, criterion, optimizer, device, scaler)
         result.timing.add(timing)
+        if schedule is not None:
+            schedule.step()
         for loss in losses:
             step += 1
             result.steps.append((step, epoch, loss))

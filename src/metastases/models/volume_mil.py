@@ -1,0 +1,56 @@
+"""A multiple-instance 3D model: a shallow 3D lesion detector, max-pooled over the whole volume.
+
+The 3D counterpart of :class:`~metastases.models.slice_mil.SliceMIL`. FLAIR, T2 and T1+C enter as the
+three channels of one ``[3, D, S, S]`` volume, so every convolution sees the three sequences of the
+same voxels together (a metastasis: a dark necrotic core and enhancing rim on T1+C inside oedema that
+is bright on FLAIR; a mimic is bright on FLAIR but normal on T1+C). The encoder is shallow and keeps
+the depth (20 slices of 5 mm are already coarse), so each output cell is a local detector whose field
+of view, about 15 pixels by 7 slices, holds a 10-20 mm lesion and its surroundings. The maximum over
+all positions makes the patient positive when a lesion is anywhere; a deep network with an
+image-wide field of view instead memorised the training patients (see the benchmark in the README).
+
+Weakly supervised detectors of this kind sit near chance for many epochs before they find the lesion
+(10 to 25 epochs on the 240-patient benchmark cohort), hence the default epochs in params.yaml.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+Stride = tuple[int, int, int]
+
+
+class VolumeMIL(nn.Module):
+    """Input ``[B, C, D, S, S]``; output ``[B, classes]`` logits.
+
+    One stage per entry of ``channels`` (3x3x3 convolution with the matching entry of ``strides``,
+    batch normalisation, ReLU), global max over depth and plane, dropout, one linear layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        channels: tuple[int, ...] = (8, 16, 32),
+        strides: tuple[Stride, ...] = ((1, 2, 2), (1, 2, 2), (1, 1, 1)),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(strides):
+            raise ValueError(f"{len(channels)} channel widths but {len(strides)} strides")
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width, stride in zip(channels, strides, strict=True):
+            layers += [
+                nn.Conv3d(previous, width, kernel_size=3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm3d(width),
+                nn.ReLU(inplace=True),
+            ]
+            previous = width
+        self.encoder = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(previous, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)  # [B, F, d, h, w]
+        return self.classifier(torch.amax(features, dim=(2, 3, 4)))  # strongest response anywhere

@@ -12,9 +12,10 @@ arrays that already exist::
 
 Every CNN is cross-validated over the training folds (epochs from ``cross_validate``), then trained on
 the whole training split (epochs from ``train_<dim>``) and scored on the test split; ``--epochs N``
-uses N for both, for every CNN alike; ``--jobs 2`` benchmarks two models at once (one process each,
-give each ``--threads 1`` on a 2-core machine). The trivial reference is a logistic regression on per-sequence
-intensity histograms; if it scores like the CNNs, the cohort is too easy to tell the models apart.
+uses N for both, for every CNN alike; ``--jobs 2`` benchmarks two models at once (one process each;
+give each ``--threads 1`` on a 2-core machine). The trivial reference is a logistic regression on
+per-sequence intensity histograms; if it scores like the CNNs, the cohort is too easy to tell the
+models apart.
 """
 
 from __future__ import annotations

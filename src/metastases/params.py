@@ -25,11 +25,11 @@ CLASSES: tuple[str, ...] = ("normal", "metastases")
 
 
 SECTION_PLACEHOLDER = "<section>"
+"""Stands for the section name in messages of params classes that several sections share."""
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """``cosine`` anneals the learning rate to 0 over the epochs, so the last epoch's weights (the ones
 scored and saved) come from a settled optimiser rather than one step of a noisy walk."""
-"""Stands for the section name in messages of params classes that several sections share."""
 
 
 def _require(condition: bool, message: str) -> None:

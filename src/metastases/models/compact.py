@@ -1,4 +1,5 @@
-"""A compact CNN for 2D or 3D input through one ``spatial_dims`` switch (the project's default models).
+"""A compact CNN for 2D or 3D input through one ``spatial_dims`` switch (``compact2d``, ``compact3d``,
+``compact3d_max``: the project's earlier defaults, kept for comparison).
 
 Four stages of convolution (kernel 3), batch normalisation and ReLU, each halving the in-plane size,
 then global pooling, dropout and one linear layer. In 3D the first stage keeps the depth (20 slices is
@@ -7,7 +8,8 @@ tens to hundreds of patients trained from scratch on a CPU.
 
 The global pooling is ``avg`` (the mean over positions), ``max`` (the strongest response anywhere) or
 ``avgmax`` (both, concatenated). A metastasis fills a few voxels of a 20 x 64 x 64 volume, so an
-average over positions dilutes it; the maximum keeps it (see the benchmark in the README).
+average over positions dilutes it; the maximum keeps it. With its image-wide field of view the max-pooled
+3D version still memorised the training patients; the shallow ``VolumeMIL`` replaced it as ``cnn3d``.
 """
 
 from __future__ import annotations

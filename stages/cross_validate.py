@@ -10,17 +10,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import configure_logging, run_stage, stage_parser
-from metastases.params import CrossValidateParams, Train3DParams, TrainParams, section, shared_seed
+from metastases.cli import add_both_models_arguments, configure_logging, run_stage, stage_parser
+from metastases.params import CrossValidateParams, section, shared_seed, train_sections
 from metastases.training.workflow import CrossValidateOutputs, run_cross_validation
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
-    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
-    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
+    add_both_models_arguments(parser)
     parser.add_argument("--metrics", type=Path, default=Path("metrics/cv.json"), help="CV summary")
     parser.add_argument(
         "--predictions", type=Path, default=Path("metrics/cv_predictions.csv"), help="out-of-fold scores"
@@ -36,10 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = section(CrossValidateParams, "cross_validate", args.params)
     overrides = {k: v for k, v in (("epochs_2d", args.epochs_2d), ("epochs_3d", args.epochs_3d)) if v}
     params = dataclasses.replace(params, **overrides)
-    train_params = {
-        "2d": section(TrainParams, "train_2d", args.params),
-        "3d": section(Train3DParams, "train_3d", args.params),
-    }
+    train_params = train_sections(args.params)
     data = {"2d": args.data_2d, "3d": args.data_3d}
     outputs = CrossValidateOutputs(args.metrics, args.predictions, args.plots_dir, args.timing)
     run_cross_validation(

@@ -8,19 +8,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import configure_logging, run_stage, stage_parser
+from metastases.cli import add_both_models_arguments, configure_logging, run_stage, stage_parser
 from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
-from metastases.params import EvaluateParams, Train3DParams, TrainParams, section, shared_seed
+from metastases.params import EvaluateParams, section, shared_seed, train_sections
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
-    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
-    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
+    add_both_models_arguments(parser)
     parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D checkpoint")
     parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D checkpoint")
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
     parser.add_argument("--cv-metrics", type=Path, default=Path("metrics/cv.json"), help="CV thresholds")
     parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"), help="test metrics")
     parser.add_argument(
@@ -30,10 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(EvaluateParams, "evaluate", args.params)
-    train_params = {
-        "2d": section(TrainParams, "train_2d", args.params),
-        "3d": section(Train3DParams, "train_3d", args.params),
-    }
+    train_params = train_sections(args.params)
     data = {"2d": args.data_2d, "3d": args.data_3d}
     models = {"2d": args.model_2d, "3d": args.model_3d}
     run_evaluation(

@@ -49,11 +49,11 @@ from metastases.params import (
     EvaluateParams,
     IngestParams,
     SplitParams,
-    Train3DParams,
     TrainParams,
     VolumeParams,
     section,
     shared_seed,
+    train_sections,
 )
 from metastases.splits import make_splits
 from metastases.training.cohort import Cohort, load_cohort
@@ -307,10 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         model_dim(name)  # an unknown name fails before hours of work
     seed = shared_seed(args.params)
-    base = {
-        "2d": section(TrainParams, "train_2d", args.params),
-        "3d": section(Train3DParams, "train_3d", args.params),
-    }
+    base = train_sections(args.params)
     cv_params = section(CrossValidateParams, "cross_validate", args.params)
     evaluate = section(EvaluateParams, "evaluate", args.params)
     if args.build is not None:

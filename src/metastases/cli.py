@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from metastases.errors import UserError
 
@@ -26,6 +27,14 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def add_both_models_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dims``, ``--data-2d``, ``--data-3d``, ``--splits``: for the stages that handle 2D and 3D."""
+    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
+    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
+    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
 
 
 def run_stage(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:

@@ -266,6 +266,11 @@ class Train3DParams(TrainParams):
         return "3d"
 
 
+def train_sections(path: str | Path = "params.yaml") -> dict[str, TrainParams]:
+    """The ``train_2d`` and ``train_3d`` sections, keyed by array layout (``2d``, ``3d``)."""
+    return {"2d": section(TrainParams, "train_2d", path), "3d": section(Train3DParams, "train_3d", path)}
+
+
 @dataclasses.dataclass(frozen=True)
 class CrossValidateParams:
     """K-fold cross-validation over the training split; K is the fold count in ``data/splits.csv``.

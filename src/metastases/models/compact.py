@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metastases.models.layers import conv_stages
+
 POOLINGS = ("avg", "max", "avgmax")
 
 
@@ -33,27 +35,14 @@ class CompactCNN(nn.Module):
         pooling: str = "avg",
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        layers: list[nn.Module] = []
-        previous = in_channels
-        for index, width in enumerate(channels):
-            stride: int | tuple[int, int, int] = 2
-            if spatial_dims == 3 and index == 0:
-                stride = (1, 2, 2)
-            layers += [
-                conv(previous, width, kernel_size=3, stride=stride, padding=1, bias=False),
-                norm(width),
-                nn.ReLU(inplace=True),
-            ]
-            previous = width
-        self.features = nn.Sequential(*layers)
+        strides: list[int | tuple[int, int, int]] = [2] * len(channels)
+        if spatial_dims == 3:
+            strides[0] = (1, 2, 2)  # 20 slices are already shallow: keep the depth in the first stage
+        self.features = conv_stages(spatial_dims, in_channels, channels, strides)
         self.pooling = pooling
-        pooled = 2 * previous if pooling == "avgmax" else previous
+        pooled = 2 * channels[-1] if pooling == "avgmax" else channels[-1]
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(pooled, num_classes))
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:

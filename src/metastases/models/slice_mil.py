@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metastases.models.layers import conv_stages
+
 
 class SliceMIL(nn.Module):
     """Input ``[B, sequences * depth, S, S]``; output ``[B, classes]`` logits.
@@ -37,17 +39,8 @@ class SliceMIL(nn.Module):
             raise ValueError(f"in_channels {in_channels} is not a multiple of {sequences} sequences")
         self.sequences = sequences
         self.depth = in_channels // sequences
-        layers: list[nn.Module] = []
-        previous = sequences
-        for width in channels:
-            layers += [
-                nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
-            previous = width
-        self.encoder = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(previous, num_classes))
+        self.encoder = conv_stages(2, sequences, channels, [2] * len(channels))
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(channels[-1], num_classes))
 
     def instances(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, sequences * depth, S, S]`` -> ``[B * depth, sequences, S, S]`` (one instance per slice)."""

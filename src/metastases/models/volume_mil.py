@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metastases.models.layers import conv_stages
+
 Stride = tuple[int, int, int]
 
 
@@ -37,19 +39,8 @@ class VolumeMIL(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
-        if len(channels) != len(strides):
-            raise ValueError(f"{len(channels)} channel widths but {len(strides)} strides")
-        layers: list[nn.Module] = []
-        previous = in_channels
-        for width, stride in zip(channels, strides, strict=True):
-            layers += [
-                nn.Conv3d(previous, width, kernel_size=3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm3d(width),
-                nn.ReLU(inplace=True),
-            ]
-            previous = width
-        self.encoder = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(previous, num_classes))
+        self.encoder = conv_stages(3, in_channels, channels, strides)
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(channels[-1], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)  # [B, F, d, h, w]

@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml commands say `python`: the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run demo test lint benchmark report plots
+.PHONY: install run demo test lint typecheck benchmark report plots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ lint: install
 	$(BIN)/ruff check src stages tests
 	$(BIN)/ruff format --check src stages tests
 
-test: lint
+# mypy, configured in pyproject.toml ([tool.mypy]: src and stages)
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
 	$(BIN)/pytest -q
 
 # Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built

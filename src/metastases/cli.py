@@ -37,10 +37,13 @@ def add_both_models_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
 
 
-def run_stage(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
-    """Run a stage's ``main``; a :class:`UserError` becomes one ``error:`` line and exit status 2."""
+def run_stage(main: Callable[[list[str] | None], None], argv: Sequence[str] | None = None) -> int:
+    """Run a stage's ``main``; a :class:`UserError` becomes one ``error:`` line and exit status 2.
+
+    ``main`` may take ``list[str] | None`` or any wider type (``Sequence[str] | None``): it gets a list.
+    """
     try:
-        main(argv)
+        main(None if argv is None else list(argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

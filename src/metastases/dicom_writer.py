@@ -246,12 +246,18 @@ def axial_geometry(
         rows=rows,
         columns=columns,
         pixel_spacing=(pixel_spacing, pixel_spacing),
-        row_direction=tuple(float(v) for v in row_direction),
-        column_direction=tuple(float(v) for v in column_direction),
-        first_position=tuple(float(v) for v in first),
+        row_direction=_xyz(row_direction),
+        column_direction=_xyz(column_direction),
+        first_position=_xyz(first),
         slice_spacing=slice_spacing,
         n_slices=n_slices,
     )
+
+
+def _xyz(vector: np.ndarray) -> tuple[float, float, float]:
+    """A 3-vector as a tuple of Python floats (the shape the DICOM tags and SeriesGeometry take)."""
+    x, y, z = (float(v) for v in vector)
+    return x, y, z
 
 
 def write_multiplane_series(

@@ -7,8 +7,10 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from dvc_render import render_html
 from dvc_render.vega import VegaRenderer
@@ -26,7 +28,14 @@ from metastases.compare.render import (
     vegalite_version,
     write_pngs,
 )
-from metastases.compare.report import diff_rows, format_value, markdown_table, metrics_section
+from metastases.compare.report import (
+    diff_rows,
+    format_value,
+    markdown_table,
+    metrics_section,
+    pair_predictions,
+    paired_section,
+)
 
 # A plot of two revisions in the shape `dvc plots diff --json` gives (DVC inlines values as strings).
 ROC_SPEC = {
@@ -220,3 +229,239 @@ def test_remote_references_ignores_links_and_inline_scripts() -> None:
         '<img src="data:image/png;base64,AA"><link rel="stylesheet" href="//cdn.example/s.css">'
     )
     assert remote_references(page) == ["<link href=//cdn.example/s.css>"]
+
+
+# --- paired comparison of two revisions' predictions (a temporary Git repository, no DVC needed) -------
+
+CV_PATH = "metrics/cv_predictions.csv"
+HELD_OUT_PATH = "metrics/predictions.csv"
+PAIRED_HEADER = "| Model | Predictions | Patients |"
+
+
+# The hand examples of tests/test_paired.py, as patient files. Patients p1..p6, labels 1, 0, 1, 0, 1, 0.
+PATIENTS = [f"p{i}" for i in range(1, 7)]
+LABELS = [1, 0, 1, 0, 1, 0]
+HAND_A = [0.8, 0.7, 0.6, 0.3, 0.4, 0.2]  # AUC 7/9
+HAND_B = [0.9, 0.5, 0.5, 0.6, 0.5, 0.1]  # AUC 2/3; B - A: se sqrt(29)/18, z -2/sqrt(29), p 0.7103
+CONSTANT = [0.5] * 6  # AUC 1/2
+# positives 0.9, 0.8, 0.3 and negatives 0.4, 0.2, 0.1: AUC 8/9; minus CONSTANT: +7/18 = 0.389,
+# se sqrt(2)/9 = 0.1571, 95 % CI 0.389 -+ 1.96 * 0.1571 = [0.081, 0.697], z 7/(2 sqrt 2), p 0.0133
+NEAR_PERFECT = [0.9, 0.4, 0.8, 0.2, 0.3, 0.1]
+
+
+def _predictions_csv(
+    by_model: dict[str, list[float]], fold: bool = False, patients: list[str] = PATIENTS
+) -> str:
+    """A predictions file of ``patients`` (labels :data:`LABELS`); ``fold`` adds ``fold`` and an extra
+    column, as the out-of-fold file has."""
+    frames = [
+        pd.DataFrame({"patient": patients, "label": LABELS, "score": scores, "model": model})
+        for model, scores in by_model.items()
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    if fold:
+        frame = frame.assign(fold=frame.index % 3, extra="x")
+    return frame.to_csv(index=False)
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True)
+
+
+def _commit(repo: Path, tag: str, files: dict[str, str | None]) -> None:
+    for path, text in files.items():
+        if text is None:
+            _git(repo, "rm", "-q", path)
+        else:
+            (repo / path).parent.mkdir(parents=True, exist_ok=True)
+            (repo / path).write_text(text)
+            _git(repo, "add", path)
+    _git(repo, "commit", "-qm", tag)
+    _git(repo, "tag", tag)
+
+
+@pytest.fixture
+def predictions_repo(tmp_path: Path) -> Path:
+    """Commits ``base``, ``head`` (hand examples), ``cohort`` (other 2d patients), ``nopred``."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.email", "t@example.invalid")
+    _git(repo, "config", "user.name", "t")
+    _commit(
+        repo,
+        "base",
+        {
+            CV_PATH: _predictions_csv({"2d": HAND_A, "3d": CONSTANT}, fold=True),
+            HELD_OUT_PATH: _predictions_csv({"2d": HAND_A, "3d": NEAR_PERFECT}),
+        },
+    )
+    _commit(
+        repo,
+        "head",
+        {
+            CV_PATH: _predictions_csv({"2d": HAND_A, "3d": NEAR_PERFECT}, fold=True),
+            HELD_OUT_PATH: _predictions_csv({"2d": HAND_B, "3d": CONSTANT}),
+        },
+    )
+    other = [f"q{i}" for i in range(1, 7)]
+    held_out = (
+        _predictions_csv({"2d": HAND_B}, patients=other)
+        + _predictions_csv({"3d": CONSTANT}).split("\n", 1)[1]
+    )
+    _commit(repo, "cohort", {HELD_OUT_PATH: held_out})
+    _commit(repo, "nopred", {HELD_OUT_PATH: None})
+    return repo
+
+
+def _paired_rows(section: str) -> list[list[str]]:
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(PAIRED_HEADER))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_paired_section_shows_delong_rows_with_hand_computed_numbers(predictions_repo: Path) -> None:
+    section = paired_section("base", "head", predictions_repo)
+    assert section.startswith("## Is the change real? (paired on the same patients)")
+    assert "| Model | Predictions | Patients | AUC base | AUC head | ΔAUC [95% CI] | p | Verdict |" in section
+    assert "DeLong" in section and "held-out set is small (6 patients per model)" in section
+    assert _paired_rows(section) == [
+        # the same out-of-fold scores at both revisions: exactly no change
+        [
+            "2d",
+            "out-of-fold",
+            "6 (3 metastases)",
+            "0.778",
+            "0.778",
+            "+0.000 [+0.000, +0.000]",
+            "1.000",
+            "within noise",
+        ],
+        # 2/3 - 7/9 = -1/9, CI -1/9 -+ 1.96 sqrt(29)/18 = [-0.697, +0.475], p 0.710
+        [
+            "2d",
+            "held-out",
+            "6 (3 metastases)",
+            "0.778",
+            "0.667",
+            "-0.111 [-0.697, +0.475]",
+            "0.710",
+            "within noise",
+        ],
+        # 8/9 - 1/2 = +7/18, CI [+0.081, +0.697], p 0.013
+        [
+            "3d",
+            "out-of-fold",
+            "6 (3 metastases)",
+            "0.500",
+            "0.889",
+            "+0.389 [+0.081, +0.697]",
+            "0.013",
+            "better",
+        ],
+        ["3d", "held-out", "6 (3 metastases)", "0.889", "0.500", "-0.389 [-0.697, -0.081]", "0.013", "worse"],
+    ]
+
+
+def test_paired_section_compares_the_workspace_files_on_disk(predictions_repo: Path) -> None:
+    # the working tree is at `nopred` (no held-out file): write head's held-out predictions, uncommitted
+    (predictions_repo / HELD_OUT_PATH).write_text(_predictions_csv({"2d": HAND_B, "3d": CONSTANT}))
+    rows = _paired_rows(paired_section("base", "workspace", predictions_repo))
+    assert rows[1][:6] == ["2d", "held-out", "6 (3 metastases)", "0.778", "0.667", "-0.111 [-0.697, +0.475]"]
+    assert rows[0][5] == "+0.000 [+0.000, +0.000]"  # out-of-fold unchanged since `cohort`
+
+
+def test_paired_section_reads_a_dvc_experiment_by_name(predictions_repo: Path) -> None:
+    # DVC keeps an experiment as a Git ref refs/exps/<2 hex>/<rest of the baseline sha>/<name>
+    _git(predictions_repo, "update-ref", "refs/exps/ab/cdef/my-exp", "head")
+    rows = _paired_rows(paired_section("base", "my-exp", predictions_repo))
+    assert rows[2][5:] == ["+0.389 [+0.081, +0.697]", "0.013", "better"]
+
+
+def test_paired_section_says_when_patients_differ(predictions_repo: Path) -> None:
+    rows = _paired_rows(paired_section("head", "cohort", predictions_repo))
+    assert rows[1] == ["2d", "held-out", "-", "-", "-", "-", "-", "not comparable: different patients"]
+    assert rows[3][1:] == [
+        "held-out",
+        "6 (3 metastases)",
+        "0.500",
+        "0.500",
+        "+0.000 [+0.000, +0.000]",
+        "1.000",
+        "within noise",
+    ]
+
+
+def test_paired_rows_say_when_labels_differ_or_a_class_is_missing() -> None:
+    base = pd.read_csv(io.StringIO(_predictions_csv({"2d": HAND_A})))
+    relabelled = base.assign(label=1 - base["label"])
+    assert [r.verdict for r in pair_predictions(base, relabelled, "held-out")] == [
+        "not comparable: different labels"
+    ]
+    one_class = base.assign(label=1)
+    (row,) = pair_predictions(one_class, one_class, "held-out")
+    assert row.test is None and row.verdict.startswith("not testable: DeLong's test needs at least 2")
+    head_3d = pd.read_csv(io.StringIO(_predictions_csv({"3d": HAND_A})))
+    assert [r.verdict for r in pair_predictions(base, pd.concat([base, head_3d]), "held-out")] == [
+        "within noise",
+        "not comparable: no 3d predictions at base",
+    ]
+
+
+def test_paired_section_notes_prediction_files_absent_at_both_revisions(predictions_repo: Path) -> None:
+    section = paired_section("nopred", "nopred", predictions_repo)
+    assert f"Neither revision has `{HELD_OUT_PATH}`: no paired comparison" in section
+    assert [row[1] for row in _paired_rows(section)] == ["out-of-fold", "out-of-fold"]
+
+
+def _report_cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "metastases.compare.report", *args, "--out", str(repo / "report")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_report_cli_gives_one_error_line_for_a_revision_without_predictions(predictions_repo: Path) -> None:
+    done = _report_cli(predictions_repo, "--base", "nopred", "--head", "head")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: metrics/predictions.csv not found at revision nopred: "
+        "run dvc repro there and commit its metrics"
+    ]
+    assert not (predictions_repo / "report").exists()
+
+    done = _report_cli(predictions_repo, "--base", "no-such-rev", "--head", "head")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("error: unknown revision 'no-such-rev'")
+
+
+@pytest.mark.slow
+def test_report_opens_with_the_paired_section_in_a_dvc_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "dvc_repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.email", "t@example.invalid")
+    _git(repo, "config", "user.name", "t")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, capture_output=True)
+    _git(repo, "add", ".dvc")
+    _commit(
+        repo,
+        "base",
+        {CV_PATH: _predictions_csv({"2d": HAND_A}), HELD_OUT_PATH: _predictions_csv({"2d": HAND_A})},
+    )
+    _commit(repo, "head", {HELD_OUT_PATH: _predictions_csv({"2d": HAND_B})})
+    done = _report_cli(repo, "--base", "base", "--head", "head")
+    assert done.returncode == 0, done.stderr
+    report = (repo / "report" / "report.md").read_text()
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Is the change real? (paired on the same patients)"
+    assert "## Params" in headings[1]
+    assert [row[5] for row in _paired_rows(report)] == ["+0.000 [+0.000, +0.000]", "-0.111 [-0.697, +0.475]"]

@@ -1,27 +1,36 @@
-"""A pull-request report comparing two revisions: params changed, metrics base/head/delta, plots of both.
+"""A pull-request report comparing two revisions: is the AUC change real, params changed, metrics
+base/head/delta, plots of both.
 
     python -m metastases.compare.report --base main [--head workspace|REV] [--out report/]
 
-writes ``report/report.md`` and one PNG per plot next to it, ready to paste into a pull request. Every
-number comes from ``dvc params diff --json`` and ``dvc metrics diff --json`` and is printed the way
-``dvc metrics diff`` prints it; every picture is the Vega-Lite spec of ``dvc plots diff --json`` rendered
-offline, so it is what ``dvc plots diff`` draws. No network is used.
+writes ``report/report.md`` and one PNG per plot next to it, ready to paste into a pull request. It
+opens with a paired comparison of the two revisions' predictions on the same patients (DeLong's test of
+the AUC difference, out-of-fold and held-out, per model: "better", "worse" or "within noise"). The
+params and metrics tables come from ``dvc params diff --json`` and ``dvc metrics diff --json`` and are
+printed the way ``dvc metrics diff`` prints them; every picture is the Vega-Lite spec of
+``dvc plots diff --json`` rendered offline, so it is what ``dvc plots diff`` draws. No network is used.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from metastases.atomic import write_text
 from metastases.cli import configure_logging, run_stage
 from metastases.compare import dvc_cli
 from metastases.compare.render import Plot, parse_plots, write_pngs
+from metastases.errors import UserError
+from metastases.evaluation.paired import PairedAucTest, delong_paired_test
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,15 @@ DVC itself lists files in no stable order."""
 
 MISSING = "-"
 """What ``dvc metrics diff`` prints for a value absent on one side."""
+
+PREDICTION_FILES = (("out-of-fold", "metrics/cv_predictions.csv"), ("held-out", "metrics/predictions.csv"))
+"""The per-patient predictions compared pairwise, in report order: (kind, path in the repository)."""
+
+PREDICTION_COLUMNS = ("patient", "label", "score", "model")
+"""Columns a predictions file must have; others (``fold``, ...) are ignored."""
+
+CONFIDENCE = 0.95
+"""Coverage of the paired intervals; a verdict other than "within noise" means p < 1 - CONFIDENCE."""
 
 
 def format_value(value: Any, precision: int = PRECISION) -> str:
@@ -129,6 +147,222 @@ def plots_section(pngs: Mapping[Plot, Path], out_dir: Path) -> str:
     return "\n".join(parts)
 
 
+# --- paired comparison of the predictions ----------------------------------------------------------
+
+
+def _git(args: Sequence[str], repo: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+
+
+def resolve_revision(rev: str, repo: Path = Path(".")) -> str:
+    """The Git object name of ``rev``: a branch, tag or commit, or a DVC experiment's name (its ref
+    under ``refs/exps``). An unknown revision raises :class:`UserError`."""
+    if _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], repo).returncode == 0:
+        return rev
+    refs = _git(["for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    matches = [ref for ref in refs if ref.rsplit("/", 1)[-1] == rev]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"experiment name {rev!r} is ambiguous ({len(matches)} experiments): use its commit")
+    raise UserError(
+        f"unknown revision {rev!r} in {Path(repo).resolve()}: not a branch, tag, commit or experiment"
+    )
+
+
+def read_at_revision(rev: str, path: str, repo: Path = Path(".")) -> str | None:
+    """The text of ``path`` (relative to ``repo``) at Git revision ``rev``, or in the working tree if
+    ``rev`` is ``workspace``; None if the file does not exist there."""
+    if rev == dvc_cli.WORKSPACE:
+        file = Path(repo) / path
+        return file.read_text() if file.is_file() else None
+    done = _git(["show", f"{resolve_revision(rev, repo)}:./{path}"], repo)
+    return done.stdout if done.returncode == 0 else None
+
+
+def parse_predictions(text: str, where: str) -> pd.DataFrame:
+    """A predictions CSV (``patient,label,score,model``, extra columns dropped); ``where`` names it in
+    errors."""
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype={"patient": str, "model": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{where} is not a readable CSV file: {exc}") from exc
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{where} lacks the column(s) {', '.join(missing)}; expected {','.join(PREDICTION_COLUMNS)}"
+        )
+    frame = frame[list(PREDICTION_COLUMNS)]
+    if frame["label"].isna().any() or not frame["label"].isin([0, 1]).all():
+        raise UserError(f"{where}: labels must be 0 or 1")
+    if frame["score"].isna().any():
+        raise UserError(f"{where}: some scores are empty")
+    return frame.astype({"label": int, "score": float})
+
+
+def load_predictions(rev: str, path: str, repo: Path = Path(".")) -> pd.DataFrame | None:
+    """The predictions file ``path`` at ``rev`` (see :func:`read_at_revision`), or None if absent."""
+    text = read_at_revision(rev, path, repo)
+    where = f"{path} in the workspace" if rev == dvc_cli.WORKSPACE else f"{path} at revision {rev}"
+    return None if text is None else parse_predictions(text, where)
+
+
+def missing_predictions_error(rev: str, path: str) -> UserError:
+    if rev == dvc_cli.WORKSPACE:
+        return UserError(f"{path} not found in the workspace: run dvc repro to write it")
+    return UserError(f"{path} not found at revision {rev}: run dvc repro there and commit its metrics")
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    """One model and one kind of predictions compared pairwise. ``test`` is None where no test was
+    possible and ``reason`` then says why (``"not comparable: different patients"``, ...)."""
+
+    model: str
+    kind: str
+    patients: int
+    positives: int
+    test: PairedAucTest | None = None
+    reason: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.test is None:
+            return self.reason
+        note = " (variance estimate 0)" if self.test.note else ""
+        return self.test.verdict + note
+
+
+def pair_predictions(base: pd.DataFrame, head: pd.DataFrame, kind: str) -> list[PairedRow]:
+    """Per model (sorted), DeLong's test of head's AUC minus base's on the patients both scored.
+
+    A model must have the same patients with the same labels at both revisions, each once; otherwise its
+    row says why it is not comparable instead of a number.
+    """
+    rows = []
+    for model in sorted(set(base["model"]) | set(head["model"])):
+        old = base[base["model"] == model]
+        new = head[head["model"] == model]
+        if old.empty or new.empty:
+            side = "base" if old.empty else "head"
+            rows.append(
+                PairedRow(model, kind, 0, 0, reason=f"not comparable: no {model} predictions at {side}")
+            )
+            continue
+        if old["patient"].duplicated().any() or new["patient"].duplicated().any():
+            rows.append(PairedRow(model, kind, 0, 0, reason="not comparable: a patient appears twice"))
+            continue
+        if set(old["patient"]) != set(new["patient"]):
+            rows.append(PairedRow(model, kind, 0, 0, reason="not comparable: different patients"))
+            continue
+        paired = old.merge(new, on="patient", suffixes=("_base", "_head")).sort_values("patient")
+        patients, positives = len(paired), int(paired["label_base"].sum())
+        if (paired["label_base"] != paired["label_head"]).any():
+            rows.append(
+                PairedRow(model, kind, patients, positives, reason="not comparable: different labels")
+            )
+            continue
+        try:
+            test = delong_paired_test(
+                paired["label_base"].to_numpy(),
+                paired["score_base"].to_numpy(),
+                paired["score_head"].to_numpy(),
+                confidence=CONFIDENCE,
+            )
+        except UserError as exc:
+            rows.append(PairedRow(model, kind, patients, positives, reason=f"not testable: {exc}"))
+            continue
+        rows.append(PairedRow(model, kind, patients, positives, test=test))
+    return rows
+
+
+def format_p(p_value: float) -> str:
+    """A p-value with 3 decimals, ``< 0.001`` below that."""
+    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def paired_cells(row: PairedRow) -> list[str]:
+    """Model | predictions | patients | AUC base | AUC head | ΔAUC [CI] | p | verdict, formatted."""
+    patients = f"{row.patients} ({row.positives} metastases)" if row.patients else MISSING
+    if row.test is None:
+        return [row.model, row.kind, patients, MISSING, MISSING, MISSING, MISSING, row.verdict]
+    t = row.test
+    delta = f"{t.delta:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]"
+    return [
+        row.model,
+        row.kind,
+        patients,
+        f"{t.auc_a:.3f}",
+        f"{t.auc_b:.3f}",
+        delta,
+        format_p(t.p_value),
+        row.verdict,
+    ]
+
+
+def paired_markdown(rows: Sequence[PairedRow], base: str, head: str, absent: Sequence[str] = ()) -> str:
+    """The report section "Is the change real?" from :func:`pair_predictions` rows; ``absent`` lists
+    prediction files that neither revision has."""
+    heading = "## Is the change real? (paired on the same patients)\n"
+    files = " or ".join(f"`{path}`" for path in absent)
+    notes = [f"Neither revision has {files}: no paired comparison of those predictions.\n"] if absent else []
+    if not rows:
+        return "\n".join([heading, *notes])
+    held_out = max((r.patients for r in rows if r.kind == "held-out"), default=0)
+    out_of_fold = max((r.patients for r in rows if r.kind == "out-of-fold"), default=0)
+    small = ""
+    if held_out:
+        small = (
+            f" The held-out set is small ({held_out} patients per model): only a large difference there "
+            "can stand out from noise"
+            + (f"; the out-of-fold predictions cover {out_of_fold} patients." if out_of_fold else ".")
+        )
+    pct = f"{CONFIDENCE:.0%}"
+    explanation = (
+        f"ΔAUC is `{head}` minus `{base}` on the same patients, with DeLong's {pct} interval and p-value for "
+        "two correlated ROC curves (DeLong et al. 1988): pairing cancels the noise both revisions share "
+        f'(which patients are easy or hard). "within noise" means the interval contains 0 (p ≥ '
+        f"{1 - CONFIDENCE:.2f}); it covers patient sampling only, not a retrain's seed-to-seed noise.{small}"
+    )
+    table = markdown_table(
+        [
+            "Model",
+            "Predictions",
+            "Patients",
+            f"AUC {base}",
+            f"AUC {head}",
+            f"ΔAUC [{pct} CI]",
+            "p",
+            "Verdict",
+        ],
+        [paired_cells(r) for r in rows],
+    )
+    return "\n".join([heading, explanation + "\n", table + "\n", *notes])
+
+
+def paired_section(base: str, head: str = dvc_cli.WORKSPACE, repo: Path = Path(".")) -> str:
+    """The report's paired section for revisions ``base`` and ``head`` of ``repo``.
+
+    A predictions file present at one revision only raises :class:`UserError` (the comparison would be
+    silently incomplete); one absent at both (a pipeline without it) is noted in the section.
+    """
+    rows: list[PairedRow] = []
+    absent = []
+    for kind, path in PREDICTION_FILES:
+        old = load_predictions(base, path, repo)
+        new = load_predictions(head, path, repo)
+        if old is None and new is None:
+            absent.append(path)
+            continue
+        if old is None:
+            raise missing_predictions_error(base, path)
+        if new is None:
+            raise missing_predictions_error(head, path)
+        rows += pair_predictions(old, new, kind)
+    rows.sort(key=lambda r: r.model)  # per model: out-of-fold, then held-out (stable sort)
+    return paired_markdown(rows, base, head, absent)
+
+
 def write_report(
     base: str,
     head: str = dvc_cli.WORKSPACE,
@@ -142,6 +376,7 @@ def write_report(
     ``head`` is a Git revision, an experiment name, or ``workspace`` (the working tree).
     """
     out_dir = Path(out_dir)
+    paired = paired_section(base, head, repo)  # first: a missing predictions file fails fast
     params = dvc_cli.params_diff(base, head, repo)
     metrics = dvc_cli.metrics_diff(base, head, repo, all_=all_metrics)
     image_dir = out_dir / ".dvc_images"
@@ -153,9 +388,10 @@ def write_report(
     text = "\n".join(
         [
             f"# Comparison: `{base}` → `{head}`\n",
-            f"Written by `{command}` from `dvc params diff`, `dvc metrics diff` and `dvc plots diff` "
-            f"(numbers rounded to {PRECISION} digits as DVC prints them; pictures rendered offline from "
-            "DVC's own plot specs).\n",
+            f"Written by `{command}` from the predictions files of both revisions, `dvc params diff`, "
+            f"`dvc metrics diff` and `dvc plots diff` (metrics rounded to {PRECISION} digits as DVC prints "
+            "them; pictures rendered offline from DVC's own plot specs).\n",
+            paired,
             params_section(params, base, head),
             metrics_section(metrics, base, head, all_metrics),
             plots_section(pngs, out_dir),

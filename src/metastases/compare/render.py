@@ -156,7 +156,10 @@ def javascript_bundle(plots: Sequence[Plot] = ()) -> str:
     It defines the globals ``vega``, ``vegaLite`` and ``vegaEmbed``.
     """
     versions = [vegalite_version(p.spec) for p in plots if p.spec is not None]
-    return vl_convert.javascript_bundle(vl_version=next((v for v in versions if v), None))
+    # vl-convert's stub marks ``snippet`` required; at run time it defaults to None (the globals above)
+    return vl_convert.javascript_bundle(  # type: ignore[call-arg]
+        vl_version=next((v for v in versions if v), None)
+    )
 
 
 _STYLE = """
@@ -224,7 +227,7 @@ def offline_dvc_template() -> str:
     DVC fills ``{plot_divs}`` with one ``vegaEmbed`` call per plot and ``{scripts}`` with three CDN
     ``<script src>`` tags; this template has the libraries inline and no ``{scripts}`` placeholder.
     """
-    bundle = vl_convert.javascript_bundle(
+    bundle = vl_convert.javascript_bundle(  # type: ignore[call-arg]  # see javascript_bundle above
         vl_version=max(
             (v for v in vl_convert.get_vegalite_versions() if v.startswith("5.")),
             key=lambda v: tuple(int(p) for p in v.split(".")),

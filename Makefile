@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml commands say `python`: the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run demo test lint typecheck benchmark report plots
+.PHONY: install run demo test lint typecheck push pull benchmark report plots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ typecheck: install
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# Share data, models and results through the DVC remote (default: core.remote in .dvc/config, REMOTE=<name>
+# for another). The remote is checked first: a missing or unreachable one is one line naming it and the fix.
+push: install
+	$(BIN)/python -m metastases.remote push $(if $(REMOTE),--remote $(REMOTE))
+
+pull: install
+	$(BIN)/python -m metastases.remote pull $(if $(REMOTE),--remote $(REMOTE))
 
 # Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built
 # from scratch under data/benchmark/; the table lands in data/benchmark/benchmark.md (about 40 min on 2 cores).

@@ -116,8 +116,8 @@ def check_remote(remote: Remote, for_push: bool = False) -> None:
         except OSError as exc:
             raise UserError(
                 f"{remote.describe()} is unreachable: cannot connect to endpoint {endpoint} "
-                f"({exc.strerror or exc}); fix it with `dvc remote modify {remote.name} endpointurl URL` "
-                f"(see {HELP})"
+                f"({exc.strerror or exc}); fix it with "
+                f"`dvc remote modify [--local] {remote.name} endpointurl URL` (see {HELP})"
             ) from exc
 
 

@@ -3,6 +3,10 @@
 The anatomy is nilearn's shipped MNI ICBM152 2009 template (T1, grey- and white-matter maps, 1 mm,
 197 x 233 x 189 voxels, RAS millimetres), read straight from the installed package: no download.
 Every array in :class:`Template` has the template's voxel grid and holds a tissue fraction in [0, 1].
+
+Geometry here is summed in a fixed order (:func:`transform`, :func:`matmul3`, :func:`inverse3`), never
+through BLAS/LAPACK (``@``, ``np.linalg``), whose summation order depends on the CPU kernel: the cohort's
+bytes must be the same on any CPU (docs/notes/bytes.md).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -60,8 +65,61 @@ class Template:
 
     def mm_to_voxel(self, points_mm: np.ndarray) -> np.ndarray:
         """RAS mm ``(..., 3)`` -> fractional voxel indices ``(..., 3)``."""
-        inverse = np.linalg.inv(self.affine)
-        return points_mm @ inverse[:3, :3].T + inverse[:3, 3]
+        inverse = inverse3(self.affine[:3, :3])
+        return transform(points_mm, inverse, -transform(self.affine[:3, 3], inverse))
+
+
+def matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 3 x 3 float64 matrices, each element summed left to right."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    rows = [[a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j] for j in range(3)] for i in range(3)]
+    return np.array(rows)
+
+
+def inverse3(m: np.ndarray) -> np.ndarray:
+    """Inverse of a 3 x 3 float64 matrix by its adjugate (no LAPACK)."""
+    (a, b, c), (d, e, f), (g, h, i) = (tuple(float(v) for v in row) for row in np.asarray(m, np.float64))
+    adjugate = np.array(
+        [
+            [e * i - f * h, c * h - b * i, b * f - c * e],
+            [f * g - d * i, a * i - c * g, c * d - a * f],
+            [d * h - e * g, b * g - a * h, a * e - b * d],
+        ]
+    )
+    return adjugate / (a * adjugate[0, 0] + b * adjugate[1, 0] + c * adjugate[2, 0])
+
+
+def transform(points: np.ndarray, matrix: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+    """``points @ matrix.T + offset`` for points ``(..., 3)``, elementwise in a fixed order (no BLAS).
+
+    Float points keep their dtype (the matrix is cast to it); integer points become float64.
+    """
+    points = np.asarray(points)
+    dtype = points.dtype if np.issubdtype(points.dtype, np.floating) else np.dtype(np.float64)
+    points, m = points.astype(dtype, copy=False), np.asarray(matrix).astype(dtype)
+    out = points[..., 0, None] * m[:, 0] + points[..., 1, None] * m[:, 1] + points[..., 2, None] * m[:, 2]
+    if offset is not None:
+        out += np.asarray(offset).astype(dtype)
+    return out
+
+
+def dot3(points: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``points @ vector`` for points ``(..., 3)``, summed left to right in the points' dtype."""
+    v = np.asarray(vector).astype(points.dtype)
+    return points[..., 0] * v[0] + points[..., 1] * v[1] + points[..., 2] * v[2]
+
+
+def gaussian_smooth(data: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(data, sigma, mode=mode)`` (truncate 4) with the kernel from
+    :func:`math.exp`: numpy's float64 ``exp`` takes a CPU-dependent SIMD path (it differs under
+    ``NPY_DISABLE_CPU_FEATURES``), scipy builds its kernel with it."""
+    radius = int(4.0 * sigma + 0.5)
+    phi = [math.exp(-0.5 / (sigma * sigma) * x * x) for x in range(-radius, radius + 1)]
+    weights = np.array(phi) / math.fsum(phi)
+    out = data
+    for axis in range(data.ndim):
+        out = ndimage.correlate1d(out, weights, axis, mode=mode)
+    return out
 
 
 def _read(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +139,7 @@ def _head_distance(brain: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, s
     Computed on a 2 mm grid and interpolated back: the shell needs millimetre accuracy at most, and the
     full-resolution transform costs seconds per process.
     """
-    coarse = ndimage.gaussian_filter(brain[::2, ::2, ::2].astype(np.float32), 2.0) > 0.25
+    coarse = gaussian_smooth(brain[::2, ::2, ::2].astype(np.float32), 2.0) > 0.25
     distance = ndimage.distance_transform_edt(~coarse, sampling=2.0).astype(np.float32)
     head = np.argwhere(distance <= SHELL_LAYERS[-1][2] + 2.0)
     lo = np.maximum(head.min(0) - 1, 0)
@@ -107,9 +165,8 @@ def load_template() -> Template:
     t1_raw, affine = _read("t1")
     distance, box = _head_distance(t1_raw > 0)
     t1 = t1_raw[box].astype(np.float32) / 255.0
-    affine = affine @ np.block(
-        [[np.eye(3), np.array([[b.start] for b in box])], [np.zeros((1, 3)), np.ones((1, 1))]]
-    )
+    affine = affine.copy()
+    affine[:3, 3] = transform(np.array([b.start for b in box], float), affine[:3, :3], affine[:3, 3])
     stack = np.zeros((len(TISSUES), *t1.shape), np.float32)
     fractions = {tissue: stack[k] for k, tissue in enumerate(TISSUES)}
     fractions["gm"][:] = _read("gm")[0][box] / np.float32(255.0)
@@ -129,7 +186,7 @@ def load_template() -> Template:
     gm, wm = fractions["gm"], fractions["wm"]
     junction = (gm > 0.35) & (gm < 0.65) & (wm > 0.3)
     deep_wm = ndimage.binary_erosion(wm > 0.9, iterations=4)
-    to_mm = lambda mask: (np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)  # noqa: E731
+    to_mm = lambda mask: transform(np.argwhere(mask), affine[:3, :3], affine[:3, 3]).astype(np.float32)  # noqa: E731
     junction_mm, deep_wm_mm = to_mm(junction), to_mm(deep_wm)
     return Template(
         stack=stack,
@@ -164,28 +221,28 @@ class HeadTransform:
         """Deformation at template points ``q`` ``(..., 3)`` mm -> ``(..., 3)`` mm."""
         out = np.zeros_like(q)
         for wave, amplitude, phase in zip(self.waves, self.amplitudes, self.phases, strict=True):
-            out += np.sin(q @ wave.astype(q.dtype) + phase)[..., None] * amplitude.astype(q.dtype)
+            out += np.sin(dot3(q, wave) + phase)[..., None] * amplitude.astype(q.dtype)
         return out
 
     def to_template(self, x_ras: np.ndarray) -> np.ndarray:
         """Patient RAS mm ``(..., 3)`` -> template RAS mm ``(..., 3)``."""
-        inverse = np.linalg.inv(self.linear).astype(x_ras.dtype)
-        q = (x_ras - self.translation.astype(x_ras.dtype)) @ inverse.T
+        q = transform(x_ras - self.translation.astype(x_ras.dtype), inverse3(self.linear))
         return q + self.displacement(q)
 
     def to_patient(self, u_ras: np.ndarray) -> np.ndarray:
         """Template RAS mm -> patient RAS mm, inverting the deformation to first order (error << 1 mm)."""
         q = u_ras - self.displacement(u_ras)
-        return q @ self.linear.T + self.translation
+        return transform(q, self.linear, self.translation)
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    rx, ry, rz = np.deg2rad(angles_deg)
-    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    rx, ry, rz = (math.radians(float(a)) for a in angles_deg)
+    cx, cy, cz = math.cos(rx), math.cos(ry), math.cos(rz)
+    sx, sy, sz = math.sin(rx), math.sin(ry), math.sin(rz)
     about_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     about_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return about_z @ about_y @ about_x
+    return matmul3(matmul3(about_z, about_y), about_x)
 
 
 def random_head(rng: np.random.Generator, n_waves: int = 4) -> HeadTransform:
@@ -193,7 +250,7 @@ def random_head(rng: np.random.Generator, n_waves: int = 4) -> HeadTransform:
     average) with +-3 % per axis; shift of a few mm; smooth deformation of at most ~3 mm."""
     angles = rng.uniform([-8, -4, -5], [8, 4, 5])
     scale = rng.uniform(0.86, 0.98) * rng.uniform(0.97, 1.03, size=3)
-    linear = _rotation(angles) @ np.diag(scale)
+    linear = _rotation(angles) * scale[None, :]  # rotation @ diag(scale)
     translation = rng.uniform([-4, -6, -6], [4, 6, 6])
     directions = rng.normal(size=(n_waves, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)

@@ -8,6 +8,7 @@ T2 shows CSF brightest, T1+C has WM > GM > CSF with enhancing metastases brighte
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -48,10 +49,15 @@ def sequence_volumes(
 ) -> dict[str, np.ndarray]:
     """Signal of each sequence on the template grid: float32 ``(197, 233, 189)`` per sequence name."""
     weights = np.array([[signals[s][t] for t in TISSUES] for s in SEQUENCE_NAMES], dtype=np.float32)
-    flat = template.stack.reshape(len(TISSUES), -1)
-    volumes = dict(
-        zip(SEQUENCE_NAMES, (weights @ flat).reshape(len(SEQUENCE_NAMES), *template.shape), strict=True)
-    )
+    # weights @ stack, summed tissue by tissue in TISSUES order: a matrix product (BLAS) would sum in
+    # an order that depends on the CPU kernel, and the stored integers with it.
+    volumes = {}
+    term = np.empty(template.shape, np.float32)
+    for name, row in zip(SEQUENCE_NAMES, weights, strict=True):
+        volume = template.stack[0] * row[0]
+        for fraction, weight in zip(template.stack[1:], row[1:], strict=True):
+            volume += np.multiply(fraction, weight, out=term)
+        volumes[name] = volume
     for lesion in lesions:
         parts = lesion_fractions(lesion, template)
         for name, volume in volumes.items():
@@ -74,7 +80,8 @@ def bias_field(points_lps: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     x, y, z = np.moveaxis(points_lps / 100.0, -1, 0)
     terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
     log_gain = sum(float(c) * term for c, term in zip(coefficients, terms, strict=True))
-    return np.exp(log_gain).astype(np.float32)
+    # math.exp, not np.exp: numpy's float64 exp takes a CPU-dependent SIMD path (last-bit differences).
+    return np.frompyfunc(math.exp, 1, 1)(log_gain).astype(np.float32)
 
 
 def random_bias(rng: np.random.Generator) -> np.ndarray:
@@ -108,7 +115,7 @@ class ScannerScale:
 def random_scale(rng: np.random.Generator) -> ScannerScale:
     """Scanner-like ranges: white matter stored between ~300 and ~3000; one series in four carries a
     non-trivial RescaleSlope/Intercept (as some vendors write for scaled or derived images)."""
-    gain = float(np.exp(rng.uniform(np.log(300.0), np.log(3000.0))))
+    gain = math.exp(float(rng.uniform(math.log(300.0), math.log(3000.0))))
     if rng.random() < 0.25:
         slope = round(float(rng.uniform(0.3, 4.0)), 5)
         intercept = float(rng.choice([0.0, -10.0, -100.0]))

@@ -10,11 +10,12 @@ All sizes are millimetres in template space.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
 
-from metastases.demo_cohort.anatomy import Template
+from metastases.demo_cohort.anatomy import Template, dot3
 
 Coverage = Callable[[np.ndarray, float], np.ndarray]
 """``inside(points_mm (n, 3), margin_mm) -> (n,) bool``: which template points every series images."""
@@ -64,9 +65,15 @@ def _pick_centre(
     pool = visible if len(visible) else candidates
     for _ in range(50):
         centre = pool[rng.integers(len(pool))].astype(np.float64) + rng.uniform(-0.5, 0.5, size=3)
-        if all(np.linalg.norm(centre - other.centre) > radius + other.oedema_radius + 3 for other in placed):
+        if all(_distance(centre, other.centre) > radius + other.oedema_radius + 3 for other in placed):
             return centre
     return centre
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance of two 3-vectors, summed left to right (``np.linalg.norm`` of a vector is BLAS)."""
+    d = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    return math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
 
 
 def sample_metastases(rng: np.random.Generator, template: Template, inside: Coverage) -> list[Lesion]:
@@ -82,7 +89,7 @@ def sample_metastases(rng: np.random.Generator, template: Template, inside: Cove
         if index == 0:
             diameter = float(rng.uniform(10.0, 20.0))
         else:
-            diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(20.0))))
+            diameter = math.exp(float(rng.uniform(math.log(3.0), math.log(20.0))))
         radius = diameter / 2
         core = radius - rng.uniform(1.5, 3.0) if diameter >= 10.0 else 0.0
         spread = rng.uniform(1.6, 2.8) if diameter >= 6.0 else rng.uniform(1.0, 1.8)
@@ -101,7 +108,7 @@ def sample_mimics(rng: np.random.Generator, template: Template, inside: Coverage
     """
     spots: list[Lesion] = []
     for _ in range(count):
-        radius = float(np.exp(rng.uniform(np.log(2.0), np.log(12.0)))) / 2
+        radius = math.exp(float(rng.uniform(math.log(2.0), math.log(12.0)))) / 2
         candidates = template.deep_wm_mm if rng.random() < 0.7 else template.junction_mm
         centre = _pick_centre(rng, candidates, radius, spots, inside)
         spots.append(Lesion("mimic", centre, radius, 0.0, 0.0, _lobes(rng, 0.3)))
@@ -122,10 +129,12 @@ def lesion_fractions(lesion: Lesion, template: Template) -> LesionFractions:
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     grid = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij"), axis=-1)
     offset = (grid - centre_voxel).astype(np.float32)  # 1 mm voxels: voxel offsets are mm
-    distance = np.linalg.norm(offset, axis=-1)
-    unit = offset / np.maximum(distance, 1e-3)[..., None]
-    directions, amounts = lesion.lobes[:, :3].astype(np.float32), lesion.lobes[:, 3].astype(np.float32)
-    irregular = 1.0 + ((unit @ directions.T) ** 2) @ amounts
+    # Sums in a fixed order, elementwise: a matrix product would go through BLAS (CPU-dependent order).
+    distance = np.sqrt(offset[..., 0] ** 2 + offset[..., 1] ** 2 + offset[..., 2] ** 2)
+    unit = offset / np.maximum(distance, np.float32(1e-3))[..., None]
+    irregular = np.ones_like(distance)
+    for lobe in lesion.lobes.astype(np.float32):
+        irregular += dot3(unit, lobe[:3]) ** 2 * lobe[3]
     scaled = distance / irregular
     whole = _edge(lesion.radius - scaled)
     core = _edge(lesion.core_radius - scaled) if lesion.core_radius > 0 else np.zeros_like(whole)

@@ -17,6 +17,7 @@ from metastases.demo_cohort.anatomy import (
     BRAIN_CENTRE_MM,
     HeadTransform,
     Template,
+    dot3,
     load_template,
     random_head,
 )
@@ -137,7 +138,7 @@ def _coverage(head: HeadTransform, stacks: list[SeriesGeometry]):
         lps = head.to_patient(points_mm.astype(np.float64)) * LPS_FROM_RAS
         keep = np.ones(len(points_mm), bool)
         for geometry in stacks:
-            depth = (lps - np.asarray(geometry.first_position)) @ geometry.normal
+            depth = dot3(lps - np.asarray(geometry.first_position), geometry.normal)
             keep &= (depth > margin) & (depth < (geometry.n_slices - 1) * geometry.slice_spacing - margin)
         return keep
 
@@ -190,10 +191,22 @@ evaluated exactly; both are smooth (wavelengths >= 70 mm), so bilinear interpola
 points is accurate to ~0.05 mm and saves most of the cost of the deformation."""
 
 
-def _linear_weights(knots: np.ndarray, size: int) -> np.ndarray:
-    """``(size, len(knots))`` matrix that linearly interpolates values at ``knots`` to ``0..size-1``."""
-    eye = np.eye(len(knots))
-    return np.stack([np.interp(np.arange(size), knots, eye[k]) for k in range(len(knots))], axis=1)
+def _linear_weights(knots: np.ndarray, size: int, part: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation from values at ``knots`` to the positions ``range(size)[part]``: for each
+    position the index of the knot on its left and the float32 weight of the knot on its right."""
+    positions = np.arange(size)[part]
+    left = np.clip(np.searchsorted(knots, positions, side="right") - 1, 0, len(knots) - 2)
+    right_weight = (positions - knots[left]) / (knots[left + 1] - knots[left])
+    return left, right_weight.astype(np.float32)
+
+
+def _interpolate(values: np.ndarray, left: np.ndarray, right_weight: np.ndarray, axis: int) -> np.ndarray:
+    """``values`` at the knots along ``axis`` -> the positions of :func:`_linear_weights`, elementwise."""
+    shape = [1] * values.ndim
+    shape[axis] = len(left)
+    weight = right_weight.reshape(shape)
+    lower, upper = np.take(values, left, axis=axis), np.take(values, left + 1, axis=axis)
+    return lower * (np.float32(1.0) - weight) + upper * weight
 
 
 def _template_coordinates(
@@ -225,12 +238,12 @@ def _template_coordinates(
         int(knots_c[max(cols_seen[0] - 1, 0)]), int(knots_c[min(cols_seen[-1] + 1, len(knots_c) - 1)]) + 1
     )
     channels = np.concatenate([voxels, bias_field(lps, bias)[..., None]], axis=-1)
-    # (channel, slice, coarse row, coarse column), then two products: columns, then rows. float32 keeps
-    # template positions to ~0.001 voxel; einsum avoids numpy's slow broadcast matmul (10x here).
+    # (channel, slice, coarse row, coarse column), interpolated along columns, then rows. float32 keeps
+    # template positions to ~0.001 voxel. Elementwise (two knots per pixel), not as matrix products:
+    # BLAS sums in an order that depends on the CPU kernel, and the stored integers would with it.
     channels = np.ascontiguousarray(np.moveaxis(channels, -1, 0), dtype=np.float32)
-    across = _linear_weights(knots_c, geometry.columns)[cols].astype(np.float32)
-    down_rows = _linear_weights(knots_r, geometry.rows)[rows].astype(np.float32)
-    return np.einsum("rk,nskc->nsrc", down_rows, channels @ across.T, optimize=True), (rows, cols)
+    across = _interpolate(channels, *_linear_weights(knots_c, geometry.columns, cols), axis=3)
+    return _interpolate(across, *_linear_weights(knots_r, geometry.rows, rows), axis=2), (rows, cols)
 
 
 def render_series(

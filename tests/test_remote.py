@@ -273,3 +273,14 @@ def test_check_names_a_reachable_remote(project: Project) -> None:
     (project.root / "store").mkdir(exist_ok=True)  # made by the first push; this test may run alone
     done = project.remote(project.repo, "check")
     assert done.stdout.strip() == f"DVC remote 'local' ({project.root / 'store'}) is reachable"
+
+
+def test_project_default_remote_is_a_folder_beside_the_repository(tmp_path: Path) -> None:
+    """The committed .dvc/config: remote `local`, the default, resolved next to the checkout."""
+    repo_root = Path(__file__).resolve().parents[1]
+    p = Project(tmp_path, repo_root)
+    settings = dict(
+        line.split("=", 1) for line in p.dvc(repo_root, "config", "--list", "--project").stdout.splitlines()
+    )
+    assert settings["core.remote"] == "local"
+    assert Path(settings["remote.local.url"]) == repo_root.parent / "metastases-dvc-remote"

@@ -5,11 +5,16 @@ holds the row direction (increasing column index) then the column direction (inc
 the slice normal is row x column. Slices are ordered by the projection of ImagePositionPatient on
 that normal, never by InstanceNumber or file name. Classic images carry these tags at top level;
 enhanced multi-frame images in the per-frame or shared functional groups.
+
+Vector arithmetic is written out elementwise (:func:`dot3`), never as ``@``/``np.dot``/``np.linalg``:
+those go through BLAS, whose summation order depends on the CPU, and the NIfTI affine, the slice
+order and the manifest must be the same bytes on any CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +28,17 @@ _PIXEL_SPACING_RTOL = 1e-3
 # Two slices closer than this along the normal (mm) share a position: a duplicate.
 _DUPLICATE_MM = 0.01
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def dot3(points: np.ndarray, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``points @ vector`` for float64 points ``(..., 3)``, summed left to right (no BLAS)."""
+    p = np.asarray(points, np.float64)
+    return p[..., 0] * float(vector[0]) + p[..., 1] * float(vector[1]) + p[..., 2] * float(vector[2])
+
+
+def _length(vector: Sequence[float] | np.ndarray) -> float:
+    """Euclidean length of a 3-vector (``np.linalg.norm`` of a vector is a BLAS dot product)."""
+    return math.sqrt(float(dot3(np.asarray(vector, np.float64), vector)))
 
 
 class GeometryError(Exception):
@@ -87,11 +103,9 @@ def _orientation(value: object) -> tuple[float, ...] | None:
     if cosines is None:
         return None
     row, column = np.asarray(cosines[:3]), np.asarray(cosines[3:])
-    if (
-        abs(np.linalg.norm(row) - 1) > 0.01
-        or abs(np.linalg.norm(column) - 1) > 0.01
-        or abs(row @ column) > 0.01
-    ):
+    if abs(_length(row) - 1) > 0.01 or abs(_length(column) - 1) > 0.01:
+        return None
+    if abs(float(dot3(row, column))) > 0.01:
         return None
     return cosines
 
@@ -167,7 +181,7 @@ def frames_of(file: DicomFile, file_index: int) -> list[Frame]:
 def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     """Unit normal (LPS) of a plane with ImageOrientationPatient ``orientation``: row x column."""
     normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return normal / np.linalg.norm(normal)
+    return normal / _length(normal)
 
 
 def plane_name(orientation: Sequence[float]) -> str:
@@ -194,7 +208,8 @@ def nifti_affine(
     lps[:3, 1] = column_direction * float(pixel_spacing[0])
     lps[:3, 2] = np.asarray(slice_step, float)
     lps[:3, 3] = np.asarray(first_position, float)
-    return LPS_TO_RAS @ lps
+    # LPS_TO_RAS @ lps, as a row scaling (exact, no BLAS); + 0.0 turns the -0.0 of -1 * 0 into 0.0
+    return LPS_TO_RAS.diagonal()[:, None] * lps + 0.0
 
 
 def _check_consistent(frames: Sequence[Frame]) -> None:
@@ -235,7 +250,7 @@ def check_stack(frames: Sequence[Frame], spacing_tolerance: float) -> StackGeome
     pixel_spacing = frames[0].pixel_spacing
     assert orientation is not None and pixel_spacing is not None  # checked above
     positions = np.array([f.position for f in frames], float)
-    along_normal = positions @ slice_normal(orientation)
+    along_normal = dot3(positions, slice_normal(orientation))
     order = np.argsort(along_normal, kind="stable")
     sorted_along = along_normal[order]
     steps = np.diff(sorted_along)
@@ -268,6 +283,6 @@ def check_stack(frames: Sequence[Frame], spacing_tolerance: float) -> StackGeome
         rows=frames[0].rows,
         columns=frames[0].columns,
         pixel_spacing=(float(pixel_spacing[0]), float(pixel_spacing[1])),
-        slice_spacing=float(np.linalg.norm(step)),
+        slice_spacing=_length(step),
         affine=affine,
     )

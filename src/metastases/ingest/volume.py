@@ -7,6 +7,7 @@ every value is a whole number that fits, else float32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import nibabel as nib
@@ -90,6 +91,51 @@ def nifti_image(volume: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """
     image = nib.Nifti1Image(volume, affine)
     image.set_qform(affine, code="scanner")
+    # nibabel derives the quaternion through LAPACK (svd, eigh): for the usual 180-degree LPS -> RAS
+    # rotation its sign, and elsewhere its last bits, depend on the CPU. Written here from the same
+    # rotation in closed form, so the header is the same bytes on any CPU.
+    header = image.header
+    _, b, c, d = qform_quaternion(affine)
+    header["quatern_b"], header["quatern_c"], header["quatern_d"] = b, c, d
     image.set_sform(affine, code="scanner")
-    image.header.set_xyzt_units(xyz="mm")
+    header.set_xyzt_units(xyz="mm")
     return image
+
+
+def qform_quaternion(affine: np.ndarray) -> tuple[float, float, float, float]:
+    """Unit quaternion ``(a, b, c, d)``, ``a >= 0``, of the rotation in ``affine`` as NIfTI's qform holds it:
+    columns scaled to unit length, the third negated when the determinant is negative (``qfac = -1``).
+
+    Elementwise arithmetic in a fixed order (Shepperd's method on the largest diagonal term), no LAPACK.
+    """
+    r = [[float(v) for v in row] for row in np.asarray(affine, np.float64)[:3, :3]]
+    for j in range(3):
+        length = math.sqrt(r[0][j] * r[0][j] + r[1][j] * r[1][j] + r[2][j] * r[2][j])
+        for i in range(3):
+            r[i][j] /= length
+    det = (
+        r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0])
+    )
+    if det < 0:
+        for i in range(3):
+            r[i][2] = -r[i][2]
+    (xx, xy, xz), (yx, yy, yz), (zx, zy, zz) = r
+    trace = xx + yy + zz
+    if trace > 0:
+        s = 2.0 * math.sqrt(1.0 + trace)
+        q = (0.25 * s, (zy - yz) / s, (xz - zx) / s, (yx - xy) / s)
+    elif xx >= yy and xx >= zz:
+        s = 2.0 * math.sqrt(1.0 + xx - yy - zz)
+        q = ((zy - yz) / s, 0.25 * s, (xy + yx) / s, (xz + zx) / s)
+    elif yy >= zz:
+        s = 2.0 * math.sqrt(1.0 + yy - xx - zz)
+        q = ((xz - zx) / s, (xy + yx) / s, 0.25 * s, (yz + zy) / s)
+    else:
+        s = 2.0 * math.sqrt(1.0 + zz - xx - yy)
+        q = ((yx - xy) / s, (xz + zx) / s, (yz + zy) / s, 0.25 * s)
+    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    sign = -1.0 if q[0] < 0 else 1.0
+    a, b, c, d = (sign * v / norm + 0.0 for v in q)
+    return a, b, c, d

@@ -5,10 +5,16 @@ counts, thicknesses, matrices and tilts differ. So the T1+C series defines the t
 slices, chosen by the depth rule, and its field of view at ``S x S``), and every sequence is sampled at
 the same world positions through its own NIfTI affine. Slice ``k`` of FLAIR, T2 and T1+C then shows
 the same anatomy, which the original study (fitting each sequence's depth on its own) did not ensure.
+
+Affine arithmetic is written out elementwise in a fixed order (:func:`apply_affine`,
+:func:`affine_inverse`), never as ``@``/``np.dot``/``np.linalg.inv`` (nibabel's ``apply_affine`` and
+``as_closest_canonical`` use them): BLAS and LAPACK sum in an order that depends on the CPU kernel, and
+the arrays must be the same bytes on any CPU (docs/notes/bytes.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -73,8 +79,57 @@ def normalise(volume: np.ndarray, mode: str, clip_percentiles: tuple[float, floa
     return (volume - volume.mean()) / max(float(volume.std()), 1e-6)
 
 
+def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``affine`` (4 x 4) applied to float64 points ``(..., 3)``: ``i * A[:, 0] + j * A[:, 1] + k * A[:, 2]
+    + A[:, 3]`` summed in that order, elementwise (``nibabel.affines.apply_affine`` is a BLAS product)."""
+    a, p = np.asarray(affine, np.float64), np.asarray(points, np.float64)
+    return p[..., 0, None] * a[:3, 0] + p[..., 1, None] * a[:3, 1] + p[..., 2, None] * a[:3, 2] + a[:3, 3]
+
+
+def affine_inverse(affine: np.ndarray) -> np.ndarray:
+    """Inverse of a 4 x 4 affine: the 3 x 3 part by its adjugate, in closed form (no LAPACK)."""
+    (a, b, c), (d, e, f), (g, h, i) = (tuple(float(v) for v in row) for row in np.asarray(affine)[:3, :3])
+    adjugate = np.array(
+        [
+            [e * i - f * h, c * h - b * i, b * f - c * e],
+            [f * g - d * i, a * i - c * g, c * d - a * f],
+            [d * h - e * g, b * g - a * h, a * e - b * d],
+        ]
+    )
+    inverse = np.eye(4)
+    inverse[:3, :3] = adjugate / (a * adjugate[0, 0] + b * adjugate[1, 0] + c * adjugate[2, 0])
+    inverse[:3, 3] = -apply_affine(inverse, np.asarray(affine, np.float64)[:3, 3])
+    return inverse
+
+
+def _affine_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 4 x 4 affines, each element summed left to right."""
+    return np.array([[sum(a[i, n] * b[n, j] for n in range(4)) for j in range(4)] for i in range(4)])
+
+
+def _gaussian_smooth(data: np.ndarray, sigma: list[float]) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(data, sigma, mode="nearest")`` (truncate 4) with the kernel from
+    :func:`math.exp`: scipy builds it with numpy's float64 ``exp``, whose SIMD path (and last bits)
+    depends on the CPU."""
+    for axis, sd in enumerate(sigma):
+        if sd <= 0:
+            continue
+        radius = int(4.0 * sd + 0.5)
+        phi = [math.exp(-0.5 / (sd * sd) * x * x) for x in range(-radius, radius + 1)]
+        data = ndimage.correlate1d(data, np.array(phi) / math.fsum(phi), axis, mode="nearest")
+    return data
+
+
 def _canonical(path: str | Path) -> nib.Nifti1Image:
-    return nib.as_closest_canonical(nib.load(str(path)))
+    """The image with its voxel axes reordered/flipped to RAS+, as ``nib.as_closest_canonical`` does,
+    but with the new affine multiplied out in a fixed order."""
+    image = nib.load(str(path))
+    orientation = nib.orientations.io_orientation(image.affine)
+    if np.array_equal(orientation, [[0, 1], [1, 1], [2, 1]]):
+        return image
+    data = nib.orientations.apply_orientation(np.asanyarray(image.dataobj), orientation)
+    flip = nib.orientations.inv_ornt_aff(orientation, image.shape)
+    return nib.Nifti1Image(data, _affine_product(image.affine, flip))
 
 
 def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
@@ -90,7 +145,7 @@ def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
     columns = n_i - 0.5 - (np.arange(size) + 0.5) * n_i / size
     rows = n_j - 0.5 - (np.arange(size) + 0.5) * n_j / size
     voxels = np.stack(np.meshgrid(k, rows, columns, indexing="ij"), axis=-1)[..., ::-1]  # (i, j, k)
-    return nib.affines.apply_affine(reference.affine, voxels)
+    return apply_affine(reference.affine, voxels)
 
 
 def sample(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
@@ -101,11 +156,13 @@ def sample(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
     """
     data = np.asarray(image.dataobj, dtype=np.float32)
     in_plane = np.linalg.norm(image.affine[:3, :2], axis=0)
-    out_spacing = np.linalg.norm(world[0, 1, 1] - world[0, 0, 0]) / np.sqrt(2) if world.shape[1] > 1 else 0
-    sigma = [max(out_spacing / s - 1.0, 0.0) * 0.5 for s in in_plane] + [0.0]
-    if any(sigma):
-        data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
-    voxels = nib.affines.apply_affine(np.linalg.inv(image.affine), world)
+    step = [float(v) for v in world[0, 1, 1] - world[0, 0, 0]] if world.shape[1] > 1 else [0.0] * 3
+    out_spacing = math.sqrt(step[0] * step[0] + step[1] * step[1] + step[2] * step[2]) / math.sqrt(2)
+    sigma = [max(out_spacing / float(s) - 1.0, 0.0) * 0.5 for s in in_plane] + [0.0]
+    data = _gaussian_smooth(data, sigma)
+    # Rounded to 1e-6 voxel: a grid point on the first or last slice lands exactly on it rather than
+    # 1e-14 outside, where map_coordinates would return 0.
+    voxels = np.round(apply_affine(affine_inverse(image.affine), world), 6)
     return ndimage.map_coordinates(data, np.moveaxis(voxels, -1, 0), order=1, mode="constant", cval=0.0)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -123,7 +124,7 @@ def _gaussian_smooth(data: np.ndarray, sigma: list[float]) -> np.ndarray:
 def _canonical(path: str | Path) -> nib.Nifti1Image:
     """The image with its voxel axes reordered/flipped to RAS+, as ``nib.as_closest_canonical`` does,
     but with the new affine multiplied out in a fixed order."""
-    image = nib.load(str(path))
+    image = cast(nib.Nifti1Image, nib.load(str(path)))
     orientation = nib.orientations.io_orientation(image.affine)
     if np.array_equal(orientation, [[0, 1], [1, 1], [2, 1]]):
         return image

@@ -1,49 +1,37 @@
-"""cross-validate: K-fold cross-validation of the 2D and 3D models over the training split.
+"""cross-validate: summarise the out-of-fold predictions of the 2D and 3D fold models.
 
-K is the number of folds in data/splits.csv; model, optimiser and augmentation come from train_2d and
-train_3d, the epochs from cross_validate. Writes per-fold and mean metrics, the threshold chosen on the
-out-of-fold predictions, the predictions themselves, loss curves and out-of-fold ROC tables.
+The train stages trained one model per fold of the training split and scored the fold each left out;
+this stage turns those scores into the cross-validated AUC (pooled out-of-fold and per fold), the
+decision threshold (chosen on out-of-fold predictions only) and the out-of-fold ROC tables. Nothing is
+trained here.
 """
 
-import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import add_both_models_arguments, configure_logging, run_stage, stage_parser
-from metastases.params import CrossValidateParams, section, shared_seed, train_sections
-from metastases.training.workflow import CrossValidateOutputs, run_cross_validation
+from metastases.cli import configure_logging, run_stage, stage_parser
+from metastases.evaluation.crossval import CrossValidateOutputs, run_cross_validation
+from metastases.params import CrossValidateParams, section, train_sections
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    add_both_models_arguments(parser)
+    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
+    parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D fold models")
+    parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D fold models")
     parser.add_argument("--metrics", type=Path, default=Path("metrics/cv.json"), help="CV summary")
     parser.add_argument(
         "--predictions", type=Path, default=Path("metrics/cv_predictions.csv"), help="out-of-fold scores"
     )
-    parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="cv_<dim>/, cv_roc/, PNGs")
-    parser.add_argument(
-        "--timing", type=Path, default=Path("metrics/timing/cross_validate.json"), help="wall time"
-    )
-    parser.add_argument("--epochs-2d", type=int, help="override cross_validate.epochs_2d")
-    parser.add_argument("--epochs-3d", type=int, help="override cross_validate.epochs_3d")
+    parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="cv_roc/model_<dim>.csv")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(CrossValidateParams, "cross_validate", args.params)
-    overrides = {k: v for k, v in (("epochs_2d", args.epochs_2d), ("epochs_3d", args.epochs_3d)) if v}
-    params = dataclasses.replace(params, **overrides)
     train_params = train_sections(args.params)
-    data = {"2d": args.data_2d, "3d": args.data_3d}
-    outputs = CrossValidateOutputs(args.metrics, args.predictions, args.plots_dir, args.timing)
-    run_cross_validation(
-        {dim: data[dim] for dim in args.dims},
-        args.splits,
-        train_params,
-        params,
-        shared_seed(args.params),
-        outputs,
-    )
+    models = {"2d": args.model_2d, "3d": args.model_3d}
+    outputs = CrossValidateOutputs(args.metrics, args.predictions, args.plots_dir)
+    run_cross_validation({dim: models[dim] for dim in args.dims}, train_params, params, outputs)
 
 
 if __name__ == "__main__":

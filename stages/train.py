@@ -1,7 +1,9 @@
-"""train-2d / train-3d: train one classifier on the training split (one fold held out for validation).
+"""train-2d / train-3d: train the K fold models of one classifier on the training split.
 
-Writes the model (state dict + what rebuilds it), per-iteration and per-epoch curves, a loss picture
-and the final metrics. Test patients are never read.
+Fold k's model trains on the other folds and scores fold k (the out-of-fold predictions that
+cross-validate summarises); together the K models are the final model, whose mean scores new patients.
+Writes the checkpoint (every fold model + what rebuilds it), per-epoch loss curves of every fold, a loss
+picture and the metrics, including which fold models never left chance. Test patients are never read.
 """
 
 import dataclasses
@@ -21,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
     parser.add_argument("--model-out", type=Path, help="checkpoint (default: models/<dim>.pt)")
     parser.add_argument("--metrics", type=Path, help="final metrics (default: metrics/train_<dim>.json)")
-    parser.add_argument("--plots-dir", type=Path, help="loss.csv and val.csv (default: plots/train_<dim>)")
+    parser.add_argument(
+        "--curves", type=Path, help="loss and AUC per epoch and fold (default: plots/train/model_<dim>.csv)"
+    )
     parser.add_argument("--png", type=Path, help="loss picture (default: plots/loss_<dim>.png)")
     parser.add_argument(
         "--timing", type=Path, help="wall time, data-wait share (metrics/timing/train_<dim>.json)"
@@ -37,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     outputs = TrainOutputs(
         model=args.model_out or defaults.model,
         metrics=args.metrics or defaults.metrics,
-        plots_dir=args.plots_dir or defaults.plots_dir,
+        curves=args.curves or defaults.curves,
         png=args.png or defaults.png,
         timing=args.timing or defaults.timing,
     )

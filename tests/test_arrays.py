@@ -24,7 +24,7 @@ def interim(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("layout", "shape"), [("2d", (60, 512, 512)), ("3d", (3, 20, 512, 512))])
 def test_512_geometry_gives_the_original_study_shapes(interim, tmp_path, layout, shape):
-    params = VolumeParams(size=512)
+    params = VolumeParams(image_size=512)
     index = build_arrays(interim, tmp_path / layout, params, layout)
     assert array_shape(params, layout) == shape
     assert sorted(index["label"]) == [0, 1]
@@ -36,7 +36,7 @@ def test_512_geometry_gives_the_original_study_shapes(interim, tmp_path, layout,
 
 
 def test_2d_channels_are_the_3d_sequences_times_slices(interim, tmp_path):
-    params = VolumeParams(size=48, depth_mode="resample")
+    params = VolumeParams(image_size=48, depth_mode="resample")
     build_arrays(interim, tmp_path / "2d", params, "2d")
     index = build_arrays(interim, tmp_path / "3d", params, "3d")
     patient = index["patient"][0]
@@ -52,7 +52,7 @@ def test_stale_arrays_are_removed_and_index_matches_manifest(interim, tmp_path):
     out = tmp_path / "2d"
     out.mkdir()
     (out / "gone-1.npy").write_bytes(b"old")
-    build_arrays(interim, out, VolumeParams(size=32), "2d")
+    build_arrays(interim, out, VolumeParams(image_size=32), "2d")
     index = load_index(out)
     manifest = pd.read_csv(interim / "manifest.csv")
     assert sorted(index["patient"]) == sorted(manifest.loc[manifest["status"] == "ok", "patient"])

@@ -58,7 +58,7 @@ def test_the_readme_seed_faithful_overrides_are_valid_params() -> None:
     for name, model in (("train_2d", "alexnet2d"), ("train_3d", "lenet3d")):
         train = sections[name]
         assert (train.model, train.lr, train.lr_schedule, train.batch_size) == (model, 0.0001, "constant", 10)
-    assert sections["slice_2d"].size == 512 and sections["stack_3d"].depth_mode == "seed"
+    assert sections["slice_2d"].image_size == 512 and sections["stack_3d"].depth_mode == "seed"
 
 
 def test_an_unknown_lr_schedule_is_one_line_naming_the_choices() -> None:

@@ -36,11 +36,10 @@ IDENTITY_TAGS = (
 # One epoch, tiny arrays, two folds: every stage runs for real in seconds.
 TINY_PARAMS = {
     "split": {"test_fraction": 0.34, "folds": 2},
-    "slice_2d": {"size": 32},
-    "stack_3d": {"size": 32},
-    "train_2d": {"epochs": 1, "batch_size": 4, "num_workers": 0},
-    "train_3d": {"epochs": 1, "batch_size": 4, "num_workers": 0},
-    "cross_validate": {"epochs_2d": 1, "epochs_3d": 1},
+    "slice_2d": {"image_size": 32},
+    "stack_3d": {"image_size": 32},
+    "train_2d": {"epochs": 1, "batch_size": 4, "num_workers": 0, "restarts": 0},
+    "train_3d": {"epochs": 1, "batch_size": 4, "num_workers": 0, "restarts": 0},
     "evaluate": {"bootstrap": 200},
 }
 DEMO_COHORT = ["--patients", "12", "--seed", "3", "--size-scale", "0.25", "--workers", "2"]

@@ -12,26 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from metastases.errors import UserError
+from metastases.evaluation.crossval import CrossValidateOutputs, run_cross_validation
 from metastases.evaluation.metrics import youden_threshold
 from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
 from metastases.params import CrossValidateParams, EvaluateParams, Train3DParams, TrainParams
-from metastases.training.checkpoint import load_checkpoint
+from metastases.training.checkpoint import load_ensemble
 from metastases.training.cohort import load_cohort
 from metastases.training.dataset import Augmentation, PatientArrays
-from metastases.training.workflow import (
-    CrossValidateOutputs,
-    TrainOutputs,
-    run_cross_validation,
-    run_training,
-)
+from metastases.training.workflow import TrainOutputs, run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu"}
+TINY = {"epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu", "restarts": 0}
 PARAMS = {"2d": TrainParams(**TINY), "3d": Train3DParams(**TINY)}
 SEED = 42
 SHAPES = {"2d": (60, 32, 32), "3d": (3, 20, 32, 32)}
@@ -46,7 +43,7 @@ def _outputs(root: Path, dim: str) -> TrainOutputs:
     return TrainOutputs(
         model=root / f"models/{dim}.pt",
         metrics=root / f"metrics/train_{dim}.json",
-        plots_dir=root / f"plots/train_{dim}",
+        curves=root / f"plots/train/model_{dim}.csv",
         png=root / f"plots/loss_{dim}.png",
         timing=root / f"metrics/timing/train_{dim}.json",
     )
@@ -102,16 +99,18 @@ def test_training_twice_gives_identical_metrics_and_curves(cohort: dict[str, Pat
         assert json.loads(outputs.metrics.read_text()) == runs[-1]
     assert runs[0] == runs[1] == runs[2]  # same numbers with a loader worker too
     assert (tmp_path / "a/models/2d.pt").read_bytes() == (tmp_path / "b/models/2d.pt").read_bytes()
-    curves = [pd.read_csv(tmp_path / n / "plots/train_2d/loss.csv") for n in "abc"]
+    curves = [pd.read_csv(tmp_path / n / "plots/train/model_2d.csv") for n in "abc"]
     assert curves[0].equals(curves[1]) and curves[0].equals(curves[2])
-    assert list(curves[0].columns) == ["step", "epoch", "loss"]
-    val = pd.read_csv(tmp_path / "a/plots/train_2d/val.csv")
-    assert list(val.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_auc"]
-    assert len(val) == TINY["epochs"]
+    folds = [f"{kind}_fold{k}" for k in range(3) for kind in ("train", "val")]
+    assert list(curves[0].columns) == ["epoch", *folds, "train_loss", "validation_loss", "validation_auc"]
+    assert len(curves[0]) == TINY["epochs"]
+    assert curves[0]["train_loss"].to_numpy() == pytest.approx(
+        curves[0][[f"train_fold{k}" for k in range(3)]].mean(axis=1).to_numpy()
+    )
     assert (tmp_path / "a/plots/loss_2d.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_no_test_patient_reaches_training_or_threshold_selection(
+def test_the_final_model_is_the_fold_models_of_every_training_patient_and_never_a_test_patient(
     cohort: dict[str, Path], tmp_path: Path
 ) -> None:
     splits = pd.read_csv(cohort["splits"], dtype={"patient": str})
@@ -121,29 +120,31 @@ def test_no_test_patient_reaches_training_or_threshold_selection(
     blind = _copy_without(cohort, tmp_path / "no_test", "test")
     for dim in ("2d", "3d"):
         run_training(blind[dim], blind["splits"], PARAMS[dim], SEED, _outputs(tmp_path, dim))
-        _, meta = load_checkpoint(tmp_path / f"models/{dim}.pt", PARAMS[dim].model, dim, SHAPES[dim], "train")
-        assert set(meta["train_patients"]) | set(meta["val_patients"]) == train_patients
+        ensemble = load_ensemble(tmp_path / f"models/{dim}.pt", PARAMS[dim].model, dim, SHAPES[dim], "train")
+        assert len(ensemble.folds) == 3
+        for fold in ensemble.folds:
+            held_out = set(splits.loc[splits["fold"] == fold.fold, "patient"])
+            assert set(fold.val_patients) == held_out
+            assert set(fold.train_patients) == train_patients - held_out
+        # every training patient trains the final model (K-1 of its K members) and none is scored twice
+        assert set().union(*(f.train_patients for f in ensemble.folds)) == train_patients
+        assert sorted(ensemble.out_of_fold["patient"]) == sorted(train_patients)
     cv_out = CrossValidateOutputs(
-        tmp_path / "metrics/cv.json",
-        tmp_path / "metrics/cv_predictions.csv",
-        tmp_path / "plots",
-        tmp_path / "t.json",
+        tmp_path / "metrics/cv.json", tmp_path / "metrics/cv_predictions.csv", tmp_path / "plots"
     )
-    summary = run_cross_validation(
-        {"2d": blind["2d"], "3d": blind["3d"]}, blind["splits"], PARAMS,
-        CrossValidateParams(epochs_2d=1, epochs_3d=1), SEED, cv_out,
-    )  # fmt: skip
+    models = {dim: tmp_path / f"models/{dim}.pt" for dim in ("2d", "3d")}
+    summary = run_cross_validation(models, PARAMS, CrossValidateParams(threshold="youden"), cv_out)
     oof = pd.read_csv(cv_out.predictions, dtype={"patient": str})
     for dim in ("2d", "3d"):
         part = oof[oof["model"] == dim]
         assert set(part["patient"]) == train_patients and len(part) == len(train_patients)
         assert summary[dim]["threshold"] == pytest.approx(youden_threshold(part["label"], part["score"]))
+        assert summary[dim]["oof_auc"] == pytest.approx(roc_auc_score(part["label"], part["score"]))
         assert len(summary[dim]["folds"]) == 3
     # evaluation runs where the training patients' arrays do not exist
     sighted = _copy_without(cohort, tmp_path / "only_test", "train")
     results = run_evaluation(
-        {"2d": sighted["2d"], "3d": sighted["3d"]},
-        {dim: tmp_path / f"models/{dim}.pt" for dim in ("2d", "3d")},
+        {"2d": sighted["2d"], "3d": sighted["3d"]}, models,
         sighted["splits"], cv_out.metrics, PARAMS, EvaluateParams(bootstrap=200), SEED,
         EvaluateOutputs(
             tmp_path / "metrics/evaluate.json", tmp_path / "metrics/predictions.csv", tmp_path / "plots"
@@ -153,22 +154,38 @@ def test_no_test_patient_reaches_training_or_threshold_selection(
     assert written == results
     for dim in ("2d", "3d"):
         block = written[dim]
-        assert {
-            "auc",
-            "auc_ci95",
-            "accuracy",
-            "balanced_accuracy",
-            "sensitivity",
-            "specificity",
-            "f1",
-        } <= set(block)
+        expected = {"auc", "auc_ci_low", "auc_ci_high", "accuracy", "balanced_accuracy", "sensitivity"}
+        assert expected | {"specificity", "f1", "learned"} <= set(block)
+        assert all(not isinstance(v, list) for v in block.values())  # dvc metrics diff drops lists
         assert block["threshold"] == summary[dim]["threshold"]
-        roc = pd.read_csv(tmp_path / f"plots/roc/{dim}.csv")
+        roc = pd.read_csv(tmp_path / f"plots/roc/model_{dim}.csv")
         assert list(roc.columns) == ["fpr", "tpr", "threshold"] and np.isfinite(roc.to_numpy()).all()
     predictions = pd.read_csv(tmp_path / "metrics/predictions.csv", dtype={"patient": str})
     assert set(predictions["patient"]) == test_patients
-    for png in ("roc.png", "confusion.png", "cv_loss_2d.png", "cv_loss_3d.png"):
+    for png in ("roc.png", "confusion.png", "loss_2d.png", "loss_3d.png"):
         assert (tmp_path / "plots" / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_held_out_score_is_the_mean_of_the_fold_models_scores(
+    cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    outputs = _outputs(tmp_path, "3d")
+    run_training(cohort["3d"], cohort["splits"], PARAMS["3d"], SEED, outputs)
+    (tmp_path / "cv.json").write_text('{"3d": {"threshold": 0.5}}')
+    evaluate_out = EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path / "plots")
+    run_evaluation({"3d": cohort["3d"]}, {"3d": outputs.model}, cohort["splits"], tmp_path / "cv.json",
+                   PARAMS, EvaluateParams(bootstrap=100), SEED, evaluate_out)  # fmt: skip
+    predictions = pd.read_csv(evaluate_out.predictions, dtype={"patient": str})
+    # each fold model scores each test patient on its own, by hand: softmax of its logits
+    ensemble = load_ensemble(outputs.model, "cnn3d", "3d", SHAPES["3d"], "train-3d")
+    by_hand = []
+    for patient in predictions["patient"]:
+        x = torch.from_numpy(np.load(cohort["3d"] / f"{patient}.npy").astype(np.float32))[None]
+        with torch.no_grad():
+            member = [float(torch.softmax(f.model(x), dim=1)[0, 1]) for f in ensemble.members]
+        by_hand.append(sum(member) / len(member))
+    assert predictions["score"].to_numpy() == pytest.approx(np.array(by_hand), abs=1e-6)
+    assert len(ensemble.members) >= 1
 
 
 def test_missing_or_stale_arrays_are_one_line_errors(cohort: dict[str, Path], tmp_path: Path) -> None:
@@ -194,12 +211,12 @@ def test_a_fold_or_split_with_one_class_is_refused(cohort: dict[str, Path], tmp_
     one_class_fold.loc[(one_class_fold["split"] == "train") & (one_class_fold["label"] == 1), "fold"] = 0
     one_class_fold.to_csv(tmp_path / "folds.csv", index=False)
     with pytest.raises(UserError, match="validation fold 1 has only normal"):
-        run_training(cohort["2d"], tmp_path / "folds.csv", TrainParams(**{**TINY, "val_fold": 1}), SEED,
-                     _outputs(tmp_path, "2d"))  # fmt: skip
-    with pytest.raises(UserError, match="has only"):
+        run_training(cohort["2d"], tmp_path / "folds.csv", PARAMS["2d"], SEED, _outputs(tmp_path, "2d"))
+    assert not (tmp_path / "models/2d.pt").exists() and not (tmp_path / "metrics").exists()
+    with pytest.raises(UserError, match=r"models/3d.pt not found: rerun train-3d"):
         run_cross_validation(
-            {"3d": cohort["3d"]}, tmp_path / "folds.csv", PARAMS, CrossValidateParams(), SEED,
-            CrossValidateOutputs(tmp_path / "cv.json", tmp_path / "cv.csv", tmp_path, tmp_path / "t.json"),
+            {"3d": tmp_path / "models/3d.pt"}, PARAMS, CrossValidateParams(),
+            CrossValidateOutputs(tmp_path / "cv.json", tmp_path / "cv.csv", tmp_path),
         )  # fmt: skip
     assert not (tmp_path / "cv.json").exists()
     one_class_test = splits[(splits["split"] == "train") | (splits["label"] == 1)]
@@ -217,12 +234,12 @@ def test_a_checkpoint_that_does_not_match_params_is_refused(cohort: dict[str, Pa
     outputs = _outputs(tmp_path, "3d")
     run_training(cohort["3d"], cohort["splits"], Train3DParams(**{**TINY, "epochs": 1}), SEED, outputs)
     with pytest.raises(UserError, match=r"params ask for 3d 'lenet3d'.*train-3d"):
-        load_checkpoint(outputs.model, "lenet3d", "3d", (3, 20, 32, 32), "train-3d")
+        load_ensemble(outputs.model, "lenet3d", "3d", (3, 20, 32, 32), "train-3d")
     with pytest.raises(UserError, match="shape"):
-        load_checkpoint(outputs.model, "cnn3d", "3d", (3, 20, 64, 64), "train-3d")
+        load_ensemble(outputs.model, "cnn3d", "3d", (3, 20, 64, 64), "train-3d")
     outputs.model.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable model checkpoint"):
-        load_checkpoint(outputs.model, "cnn3d", "3d", (3, 20, 32, 32), "train-3d")
+        load_ensemble(outputs.model, "cnn3d", "3d", (3, 20, 32, 32), "train-3d")
 
 
 def test_stage_script_prints_one_error_line_and_exits_non_zero(tmp_path: Path) -> None:

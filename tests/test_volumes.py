@@ -86,7 +86,7 @@ def test_the_three_sequences_are_sampled_on_one_grid(tmp_path):
         "t2": ball_image(tmp_path / "t.nii.gz", (96, 96, 24), (2.5, 2.5, 5.0), centre, (119, 121, -58)),
         "t1c": ball_image(tmp_path / "c.nii.gz", (80, 80, 36), (3.0, 3.0, 3.5), centre, (118, 119, -61)),
     }
-    params = VolumeParams(size=64, depth_mode="resample", clip_percentiles=(0.0, 100.0))
+    params = VolumeParams(image_size=64, depth_mode="resample", clip_percentiles=(0.0, 100.0))
     tensor = patient_tensor(paths, params)
     assert tensor.shape == (3, 20, 64, 64) and tensor.dtype == np.float32
     peaks = [np.unravel_index(np.argmax(channel), channel.shape) for channel in tensor]
@@ -103,7 +103,7 @@ def test_512_output_from_a_256_reference(tmp_path):
         s: ball_image(tmp_path / f"{s}.nii.gz", (32, 32, 12), (7.5, 7.5, 5.0), centre, (120, 120, -30))
         for s in ("flair", "t2", "t1c")
     }
-    tensor = patient_tensor(paths, VolumeParams(size=512))
+    tensor = patient_tensor(paths, VolumeParams(image_size=512))
     assert tensor.shape == (3, 20, 512, 512) and np.isfinite(tensor).all()
 
 

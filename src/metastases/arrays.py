@@ -97,7 +97,7 @@ def build_arrays(
 def array_shape(params: VolumeParams, layout: str) -> tuple[int, ...]:
     depth_by_sequence = (len(SEQUENCES), params.depth)
     channels = (len(SEQUENCES) * params.depth,) if layout == "2d" else depth_by_sequence
-    return (*channels, params.size, params.size)
+    return (*channels, params.image_size, params.image_size)
 
 
 class _Inline:

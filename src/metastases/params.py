@@ -24,8 +24,29 @@ CLASSES: tuple[str, ...] = ("normal", "metastases")
 """Class names by integer label: 0 normal, 1 metastases (the positive class)."""
 
 
+RUN_CACHE_BLIND = frozenset({"size", "nfiles"})
+"""Key names DVC's run-cache key leaves out (treeverse/dvc#10296): a param so named could change without
+its stage re-running, so no section may use them."""
+
+SECTIONS: tuple[str, ...] = (
+    "seed",
+    "demo_cohort",
+    "ingest",
+    "split",
+    "slice_2d",
+    "stack_3d",
+    "train_2d",
+    "train_3d",
+    "cross_validate",
+    "evaluate",
+)
+"""The top-level keys of params.yaml; anything else (a misspelt section) is refused."""
+
 SECTION_PLACEHOLDER = "<section>"
 """Stands for the section name in messages of params classes that several sections share."""
+
+CROPS: tuple[str, ...] = ("head", "none")
+"""In-plane field of view of the arrays: around the head's bounding box, or the T1+C series' own."""
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """``cosine`` anneals the learning rate to 0 over the epochs, so the last epoch's weights (the ones
@@ -109,21 +130,27 @@ class SplitParams:
 class VolumeParams:
     """How a patient's three volumes become one ``[3, depth, size, size]`` tensor."""
 
-    size: int = 128
+    image_size: int = 128
+    """In-plane pixels ``S`` of every slice. Not called ``size``: DVC's run-cache ignores that key."""
     depth: int = 20
     depth_mode: str = "resample"
+    crop: str = "head"
+    """``head``: the square field of view around the head's bounding box; ``none``: the whole T1+C field."""
     normalise: str = "zscore"
     clip_percentiles: tuple[float, float] = (0.5, 99.9)
 
     def __post_init__(self) -> None:
         section = SECTION_PLACEHOLDER  # from_mapping names the real section (slice_2d or stack_3d)
-        _require(self.size >= 32, f"{section}.size: must be at least 32, got {self.size}")
+        _require(
+            self.image_size >= 32, f"{section}.image_size: must be at least 32, got {self.image_size}"
+        )
         _require(self.depth >= 2, f"{section}.depth: must be at least 2, got {self.depth}")
         _choice(section, "depth_mode", self.depth_mode, ("seed", "resample"))
         if self.depth_mode == "seed":
             _require(
                 self.depth == 20, f"{section}.depth: the seed rule is defined for 20 slices, got {self.depth}"
             )
+        _choice(section, "crop", self.crop, CROPS)
         _choice(section, "normalise", self.normalise, ("zscore", "minmax", "none"))
         low, high = self.clip_percentiles
         _require(0 <= low < high <= 100, f"{section}.clip_percentiles: need 0 <= low < high <= 100")
@@ -131,7 +158,14 @@ class VolumeParams:
 
 def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> T:
     """Build a params dataclass from a YAML mapping, rejecting unknown keys with one clear line."""
+    if mapping is not None and not isinstance(mapping, dict):
+        raise ParamsError(f"{section}: expected a mapping of keys, got {mapping!r}")
     mapping = dict(mapping or {})
+    for name in RUN_CACHE_BLIND & set(mapping):
+        raise ParamsError(
+            f"{section}.{name}: a param may not be called {name!r}: DVC's run-cache ignores that key "
+            f"(treeverse/dvc#10296), so changing it would not re-run the stage"
+        )
     fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(fields))
     _require(not unknown, f"{section}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
@@ -170,6 +204,11 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
+    unknown = sorted(str(name) for name in data if name not in SECTIONS)
+    if unknown:
+        raise ParamsError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
+        )
     return data
 
 
@@ -202,7 +241,7 @@ class TrainParams:
     lr: float = 0.001
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0001
-    val_fold: int = 0
+    restarts: int = 2
     flip_horizontal: float = 0.5
     flip_vertical: float = 0.0
     noise_std: float = 0.1
@@ -213,14 +252,9 @@ class TrainParams:
     deterministic: bool = True
 
     def __post_init__(self) -> None:
-        from metastases.models import model_dim  # late import: models import params' errors only
-
+        # the model name is checked against the registry by the training layer (models.check_model):
+        # params sits below the models and must not import them (every stage imports params)
         name = self.section_name
-        _require(
-            model_dim(self.model) == self.dim,
-            f"{name}.model: {self.model!r} is a {model_dim(self.model)} model; "
-            f"{name} needs a {self.dim} model",
-        )
         _require(self.epochs >= 1, f"{name}.epochs: must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{name}.batch_size: must be at least 1, got {self.batch_size}")
         _require(0 < self.lr < 1, f"{name}.lr: must be in (0, 1), got {self.lr}")
@@ -229,7 +263,7 @@ class TrainParams:
             f"{name}.lr_schedule: {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}",
         )
         _require(self.weight_decay >= 0, f"{name}.weight_decay: must be >= 0, got {self.weight_decay}")
-        _require(self.val_fold >= 0, f"{name}.val_fold: must be a fold number >= 0, got {self.val_fold}")
+        _require(0 <= self.restarts <= 10, f"{name}.restarts: must be in 0..10, got {self.restarts}")
         for key in ("flip_horizontal", "flip_vertical"):
             value = getattr(self, key)
             _require(0 <= value <= 1, f"{name}.{key}: a probability in [0, 1], got {value}")
@@ -273,19 +307,14 @@ def train_sections(path: str | Path = "params.yaml") -> dict[str, TrainParams]:
 
 @dataclasses.dataclass(frozen=True)
 class CrossValidateParams:
-    """K-fold cross-validation over the training split; K is the fold count in ``data/splits.csv``.
+    """Summary of the fold models' out-of-fold predictions; K is the fold count in ``data/splits.csv``.
 
-    Model, optimiser and augmentation come from ``train_2d`` / ``train_3d``; only the epochs differ.
+    The fold models themselves are trained by train-2d / train-3d (one per fold, nothing trained twice).
     """
 
-    epochs_2d: int = 8
-    epochs_3d: int = 8
     threshold: str = "youden"
 
     def __post_init__(self) -> None:
-        for key in ("epochs_2d", "epochs_3d"):
-            value = getattr(self, key)
-            _require(value >= 1, f"cross_validate.{key}: must be at least 1, got {value}")
         _choice("cross_validate", "threshold", self.threshold, ("youden", "fixed"))
 
 

@@ -6,6 +6,7 @@ atomically. The non-interactive Agg backend is used, so no display is needed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -29,45 +30,31 @@ def _save(figure: Figure, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, title: str, path: Path) -> None:
-    """Per-iteration train loss (``steps``: step, epoch, loss) and per-epoch validation loss/accuracy.
-
-    ``epochs`` has epoch, train_loss, val_loss, val_accuracy; the epoch curves are drawn at the
-    iteration that ends each epoch so both share the x axis.
-    """
-    figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(steps["step"], steps["loss"], color="tab:blue", alpha=0.35, lw=1, label="train (iteration)")
-    ends = steps.groupby("epoch")["step"].max().reindex(epochs["epoch"]).to_numpy()
-    ax_loss.plot(ends, epochs["train_loss"], color="tab:blue", marker="o", ms=3, label="train (epoch mean)")
-    if epochs["val_loss"].notna().any():
-        ax_loss.plot(ends, epochs["val_loss"], color="tab:orange", marker="o", ms=3, label="validation")
-        ax_acc.plot(
-            epochs["epoch"], epochs["val_accuracy"], color="tab:green", marker="o", ms=3, label="accuracy"
-        )
-        ax_acc.plot(epochs["epoch"], epochs["val_auc"], color="tab:purple", marker="o", ms=3, label="AUC")
-    ax_loss.set(xlabel="iteration", ylabel="cross-entropy loss", title=f"{title}: loss")
-    ax_acc.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1.02), title=f"{title}: validation")
-    ax_loss.legend()
-    ax_acc.legend(loc="lower right")
-    _save(figure, path)
-
-
 def plot_cv_loss(table: pd.DataFrame, title: str, path: Path) -> None:
-    """Per-fold (thin) and mean (thick) train and validation loss per epoch.
+    """Per-fold (thin) and mean (thick) train and validation loss per epoch, and the mean validation AUC.
 
-    ``table``: epoch, train_fold<k>, val_fold<k> for each fold k, train_mean, val_mean.
+    ``table``: epoch, train_fold<k>, val_fold<k> for each fold k, train_loss, validation_loss,
+    validation_auc (means over the folds).
+    The dashed line is chance for balanced classes (ln 2): a training curve that never leaves it is a
+    model that did not learn.
     """
-    figure, ax = plt.subplots(figsize=(6.5, 4))
+    figure, (ax, ax_auc) = plt.subplots(1, 2, figsize=(11, 4))
     for column in table.columns:
         if column.startswith(("train_fold", "val_fold")):
             colour = "tab:blue" if column.startswith("train") else "tab:orange"
             ax.plot(table["epoch"], table[column], color=colour, alpha=0.3, lw=1)
-    ax.plot(table["epoch"], table["train_mean"], color="tab:blue", lw=2.5, label="train, mean over folds")
+    ax.plot(table["epoch"], table["train_loss"], color="tab:blue", lw=2.5, label="train, mean over folds")
     ax.plot(
-        table["epoch"], table["val_mean"], color="tab:orange", lw=2.5, label="validation, mean over folds"
+        table["epoch"], table["validation_loss"], color="tab:orange", lw=2.5, label="validation, mean over folds"
     )
+    ax.axhline(math.log(2), color="grey", ls="--", lw=1, label="chance (ln 2)")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss per fold (thin) and mean")
     ax.legend()
+    if "validation_auc" in table:
+        ax_auc.plot(table["epoch"], table["validation_auc"], color="tab:purple", lw=2, label="validation AUC")
+    ax_auc.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+    ax_auc.set(xlabel="epoch", ylabel="AUC (mean over folds)", ylim=(0, 1.02), title=f"{title}: validation")
+    ax_auc.legend(loc="lower right")
     _save(figure, path)
 
 

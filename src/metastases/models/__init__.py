@@ -86,6 +86,15 @@ def model_dim(name: str) -> str:
     return MODELS[name].dim
 
 
+def check_model(name: str, dim: str, section: str) -> None:
+    """``section.model`` must name a registered ``dim`` model; else one line naming the key and choices."""
+    if name not in MODELS:
+        choices = ", ".join(n for n, spec in MODELS.items() if spec.dim == dim)
+        raise ParamsError(f"{section}.model: {name!r} is not one of {choices}")
+    if MODELS[name].dim != dim:
+        raise ParamsError(f"{section}.model: {name!r} is a {MODELS[name].dim} model; {section} needs a {dim} model")
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -> nn.Module:
     """Build the named network for samples of ``input_shape`` (no batch axis), randomly initialised."""
     dim = model_dim(name)
@@ -106,5 +115,6 @@ __all__ = [
     "SliceMIL",
     "VolumeMIL",
     "build_model",
+    "check_model",
     "model_dim",
 ]

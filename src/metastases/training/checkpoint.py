@@ -1,41 +1,87 @@
-"""Model files: the state dict plus what is needed to rebuild the network and to check it still fits."""
+"""Model files: the K fold models (the final model is their ensemble), what rebuilds them, their out-of-fold
+scores, and whether each learned."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from metastases.atomic import atomic_path
 from metastases.errors import UserError
 from metastases.models import build_model
+from metastases.training.crossval import CrossValidation
 
-FORMAT = 1
+FORMAT = 2
+"""2: the K fold models of cross-validation, their out-of-fold scores, and which of them learned."""
 
 
-def save_checkpoint(
-    path: Path,
-    model: nn.Module,
-    model_name: str,
-    dim: str,
-    input_shape: tuple[int, ...],
-    seed: int,
-    train_patients: list[str],
-    val_patients: list[str],
-) -> None:
-    """Write ``{format, model, dim, input_shape, seed, train/val patients, state_dict}`` atomically."""
+@dataclass(frozen=True)
+class FoldModel:
+    """One fold model of an ensemble checkpoint, rebuilt and in eval mode."""
+
+    fold: int
+    model: nn.Module
+    learned: bool
+    train_patients: list[str]
+    val_patients: list[str]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """What ``models/<dim>.pt`` holds: the fold models and their out-of-fold predictions."""
+
+    model_name: str
+    dim: str
+    input_shape: tuple[int, ...]
+    folds: list[FoldModel]
+    out_of_fold: pd.DataFrame
+    """patient, label, score, fold: each training patient scored by the fold model that left it out."""
+    meta: dict[str, Any]
+
+    @property
+    def members(self) -> list[FoldModel]:
+        """The fold models that score new patients: those that learned (all of them if none did)."""
+        learned = [f for f in self.folds if f.learned]
+        return learned or list(self.folds)
+
+    @property
+    def learned(self) -> bool:
+        return any(f.learned for f in self.folds)
+
+
+def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
+                  input_shape: tuple[int, ...], seed: int) -> None:  # fmt: skip
+    """Write every fold model of ``cv`` with its patients, learned flag and the out-of-fold scores."""
     payload: dict[str, Any] = {
         "format": FORMAT,
         "model": model_name,
         "dim": dim,
         "input_shape": list(input_shape),
         "seed": seed,
-        "train_patients": list(train_patients),
-        "val_patients": list(val_patients),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "folds": [
+            {
+                "fold": f.fold,
+                "seed": f.seed,
+                "learned": f.learned,
+                "train_loss": f.train_loss,
+                "train_patients": list(f.train_patients),
+                "val_patients": list(f.val_patients),
+                "state_dict": {k: v.detach().cpu() for k, v in f.model.state_dict().items()},
+            }
+            for f in cv.folds
+        ],
+        "out_of_fold": {
+            "patient": [str(p) for p in cv.out_of_fold["patient"]],
+            "label": [int(v) for v in cv.out_of_fold["label"]],
+            "score": [float(v) for v in cv.out_of_fold["score"]],
+            "fold": [int(v) for v in cv.out_of_fold["fold"]],
+        },
     }
     # torch.save names the archive after the file it writes to; saving to memory first keeps the bytes
     # independent of the temporary name, so the same training gives a byte-identical file (DVC sees no change)
@@ -45,13 +91,13 @@ def save_checkpoint(
         tmp.write_bytes(buffer.getvalue())
 
 
-def load_checkpoint(
-    path: Path, model_name: str, dim: str, input_shape: tuple[int, ...], stage: str
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the saved network; it must be ``model_name`` for samples of ``input_shape``.
+def load_ensemble(
+    path: Path, model_name: str, dim: str, input_shape: tuple[int, ...] | None, stage: str
+) -> Ensemble:
+    """Rebuild the saved fold models; they must be ``model_name`` for samples of ``input_shape``.
 
-    Any mismatch with the current params or data is a one-line :class:`UserError` that names the stage
-    to rerun. Returns the model (CPU, eval mode) and the checkpoint's metadata.
+    ``input_shape`` None skips the shape check (readers of the out-of-fold scores only). Any mismatch
+    with the current params or data is a one-line :class:`UserError` that names the stage to rerun.
     """
     fix = f"rerun {stage} (dvc repro {stage})"
     if not path.is_file():
@@ -61,22 +107,34 @@ def load_checkpoint(
     except Exception as exc:  # a truncated or foreign file: torch raises many types
         raise UserError(f"{path}: not a readable model checkpoint ({type(exc).__name__}); {fix}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path}: not a checkpoint written by this project (format {FORMAT}); {fix}")
+        raise UserError(f"{path}: not a checkpoint written by this version (format {FORMAT}); {fix}")
     if payload["model"] != model_name or payload["dim"] != dim:
         raise UserError(
             f"{path} holds a {payload['dim']} {payload['model']!r} model but params ask for "
             f"{dim} {model_name!r}; {fix}"
         )
-    if tuple(payload["input_shape"]) != tuple(input_shape):
+    saved_shape = tuple(int(v) for v in payload["input_shape"])
+    if input_shape is not None and saved_shape != tuple(input_shape):
         raise UserError(
-            f"{path} was trained on arrays of shape {tuple(payload['input_shape'])} but the data now have "
+            f"{path} was trained on arrays of shape {saved_shape} but the data now have "
             f"{tuple(input_shape)}; {fix}"
         )
-    model = build_model(model_name, tuple(input_shape))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError:
-        raise UserError(f"{path}: its weights do not fit model {model_name!r}; {fix}") from None
-    model.eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
+    if not payload["folds"]:
+        raise UserError(f"{path} holds no fold model; {fix}")
+    folds: list[FoldModel] = []
+    for entry in payload["folds"]:
+        model = build_model(model_name, saved_shape)
+        try:
+            model.load_state_dict(entry["state_dict"])
+        except RuntimeError:
+            raise UserError(
+                f"{path}: the weights of fold {entry['fold']} do not fit {model_name!r}; {fix}"
+            ) from None
+        model.eval()
+        folds.append(
+            FoldModel(int(entry["fold"]), model, bool(entry["learned"]), list(entry["train_patients"]),
+                      list(entry["val_patients"]))
+        )  # fmt: skip
+    oof = pd.DataFrame(payload["out_of_fold"]).astype({"patient": str})
+    meta = {k: v for k, v in payload.items() if k not in ("folds", "out_of_fold")}
+    return Ensemble(model_name, dim, saved_shape, folds, oof, meta)

@@ -1,20 +1,49 @@
-"""K-fold cross-validation over the training split: the folds come from ``data/splits.csv``."""
+"""K-fold training over the training split: the fold models are the final model (the nnU-Net practice).
+
+Fold ``k``'s model trains on the other folds and scores fold ``k``, so every training patient gets one
+out-of-fold score (cross-validation) and every training patient trains K-1 of the K models; the mean of
+the K models scores new patients. Nothing is trained twice, and no test patient is ever read.
+
+A fold model whose training loss never left chance (it predicts the class prior for everyone) is
+retrained from another initialisation up to ``restarts`` times: the choice looks at the training loss
+only, never at the validation fold. One still at chance after that is flagged (``learned: false``), left
+out of the ensemble and reported in the stage log and the metrics.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
+from torch import nn
 
+from metastases.errors import UserError
 from metastases.params import TrainParams
 from metastases.training.cohort import Cohort, require_both_classes
 from metastases.training.loop import EpochRecord, Timing, fit
 
 log = logging.getLogger(__name__)
+
+LEARNED_FRACTION = 0.9
+"""A model has learned when its last-epoch training loss is below this share of the chance loss."""
+
+
+def chance_loss(labels: np.ndarray | pd.Series) -> float:
+    """Cross-entropy of a model that predicts the class prior for everyone (ln 2 for balanced classes)."""
+    share = float(np.mean(np.asarray(labels)))
+    if share in (0.0, 1.0):
+        return 0.0
+    return -(share * math.log(share) + (1 - share) * math.log(1 - share))
+
+
+def has_learned(train_loss: float, labels: np.ndarray | pd.Series) -> bool:
+    """True when ``train_loss`` left chance: below :data:`LEARNED_FRACTION` of :func:`chance_loss`."""
+    return train_loss < LEARNED_FRACTION * chance_loss(labels)
 
 
 @dataclass
@@ -24,6 +53,17 @@ class FoldResult:
     accuracy: float
     n_validation: int
     epochs: list[EpochRecord]
+    model: nn.Module
+    seed: int
+    """The initialisation seed of the kept attempt."""
+    attempts: int
+    learned: bool
+    train_patients: list[str]
+    val_patients: list[str]
+
+    @property
+    def train_loss(self) -> float:
+        return self.epochs[-1].train_loss
 
 
 @dataclass
@@ -33,44 +73,74 @@ class CrossValidation:
     """One row per training patient: patient, label, score (from the model that did not train on it), fold."""
     timing: Timing
 
+    @property
+    def learned_folds(self) -> list[int]:
+        return [f.fold for f in self.folds if f.learned]
+
 
 def check_folds(cohort: Cohort) -> None:
     """Every fold must leave both classes to train on and to validate with (else AUC is undefined)."""
     folds = cohort.folds
+    fix = "add patients or lower split.folds, then dvc repro split"
     if len(folds) < 2:
-        raise ValueError("cross-validation needs at least 2 folds")
+        raise UserError(
+            f"the training split has {len(folds)} fold(s); cross-validation needs 2 or more: {fix}"
+        )
     for fold in folds:
-        fix = "add patients or lower split.folds, then dvc repro split"
         require_both_classes(cohort.part("train", folds=[fold])["label"], f"validation fold {fold}", fix)
         require_both_classes(
             cohort.part("train", exclude=[fold])["label"], f"training folds without {fold}", fix
         )
 
 
+def fold_seed(seed: int, fold: int, attempt: int) -> int:
+    """Distinct, reproducible initialisation per fold and attempt."""
+    return seed + 1000 * (fold + 1) + 100 * attempt
+
+
 def cross_validate(
-    cohort: Cohort, params: TrainParams, epochs: int, seed: int, device: torch.device
+    cohort: Cohort, params: TrainParams, seed: int, device: torch.device, *, epochs: int | None = None
 ) -> CrossValidation:
-    """Train one model per fold on the other folds, score the held-out fold; never reads test patients."""
+    """Train one model per fold on the other folds and score the held-out fold.
+
+    Args:
+        cohort: arrays and split; only training patients are read.
+        params: model, optimiser, augmentation, ``epochs`` and ``restarts``.
+        seed: the shared seed; each fold and attempt derives its own from it.
+        device: where to train.
+        epochs: overrides ``params.epochs`` (tests, benchmark).
+    """
     check_folds(cohort)
     shape = cohort.sample_shape(cohort.part("train"))
+    epochs = params.epochs if epochs is None else epochs
     results: list[FoldResult] = []
     out_of_fold: list[pd.DataFrame] = []
     timing = Timing()
     for fold in cohort.folds:
         train = cohort.part("train", exclude=[fold])
         validation = cohort.part("train", folds=[fold])
-        fitted = fit(
-            cohort.array_dir,
-            train,
-            validation,
-            params,
-            epochs,
-            seed + 1000 * (fold + 1),  # distinct but reproducible initialisation per fold
-            device,
-            shape,
-            description=f"cv {cohort.layout} fold {fold}",
-        )
-        timing.add(fitted.timing)
+        for attempt in range(params.restarts + 1):
+            fold_init = fold_seed(seed, fold, attempt)
+            fitted = fit(
+                cohort.array_dir,
+                train,
+                validation,
+                params,
+                epochs,
+                fold_init,
+                device,
+                shape,
+                description=f"{cohort.layout} fold {fold}" + (f" attempt {attempt + 1}" if attempt else ""),
+            )
+            timing.add(fitted.timing)
+            learned = has_learned(fitted.epochs[-1].train_loss, train["label"])
+            if learned:
+                break
+            log.warning(
+                "%s fold %d: training loss %.3f never left chance (%.3f) with seed %d%s",
+                cohort.layout, fold, fitted.epochs[-1].train_loss, chance_loss(train["label"]), fold_init,
+                "; retrying from another initialisation" if attempt < params.restarts else "",
+            )  # fmt: skip
         assert fitted.val_scores is not None
         labels = validation["label"].to_numpy()
         scores = fitted.val_scores
@@ -81,6 +151,12 @@ def cross_validate(
                 accuracy=float(np.mean((scores >= 0.5) == labels)),
                 n_validation=len(validation),
                 epochs=fitted.epochs,
+                model=fitted.model,
+                seed=fold_init,
+                attempts=attempt + 1,
+                learned=learned,
+                train_patients=list(train["patient"]),
+                val_patients=list(validation["patient"]),
             )
         )
         out_of_fold.append(validation.assign(score=scores, fold=fold))

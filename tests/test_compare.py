@@ -42,12 +42,12 @@ ROC_SPEC = {
     "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
     "data": {
         "values": [
-            {"fpr": "0", "tpr": "0", "rev": "main", "filename": "2d.csv"},
-            {"fpr": "0.5", "tpr": "0.8", "rev": "main", "filename": "2d.csv"},
-            {"fpr": "1", "tpr": "1", "rev": "main", "filename": "2d.csv"},
-            {"fpr": "0", "tpr": "0", "rev": "workspace", "filename": "2d.csv"},
-            {"fpr": "0.5", "tpr": "0.9", "rev": "workspace", "filename": "2d.csv"},
-            {"fpr": "1", "tpr": "1", "rev": "workspace", "filename": "2d.csv"},
+            {"fpr": "0", "tpr": "0", "rev": "main", "filename": "model_2d.csv"},
+            {"fpr": "0.5", "tpr": "0.8", "rev": "main", "filename": "model_2d.csv"},
+            {"fpr": "1", "tpr": "1", "rev": "main", "filename": "model_2d.csv"},
+            {"fpr": "0", "tpr": "0", "rev": "workspace", "filename": "model_2d.csv"},
+            {"fpr": "0.5", "tpr": "0.9", "rev": "workspace", "filename": "model_2d.csv"},
+            {"fpr": "1", "tpr": "1", "rev": "workspace", "filename": "model_2d.csv"},
         ]
     },
     "title": {"text": "ROC </script> test", "anchor": "middle"},
@@ -89,7 +89,7 @@ def test_format_value_rounds_like_dvc(value: object, text: str) -> None:
 
 def test_diff_rows_put_headline_files_first_sort_keys_and_mark_missing_deltas() -> None:
     diff = {
-        "metrics/train_2d.json": {"val_loss": {"old": 0.3, "new": 0.2, "diff": -0.1}},
+        "metrics/train_2d.json": {"train_loss_mean": {"old": 0.3, "new": 0.2, "diff": -0.1}},
         "metrics/cv.json": {"2d.auc_mean": {"old": None, "new": 0.7}},
         "metrics/evaluate.json": {
             "3d.auc": {"old": 0.5, "new": 0.75, "diff": 0.25},
@@ -103,7 +103,7 @@ def test_diff_rows_put_headline_files_first_sort_keys_and_mark_missing_deltas() 
         ("metrics/evaluate.json", "3d.auc"),
         ("metrics/cv.json", "2d.auc_mean"),
         ("metrics/ingest.json", "patients"),
-        ("metrics/train_2d.json", "val_loss"),
+        ("metrics/train_2d.json", "train_loss_mean"),
     ]
     assert (rows[0].old, rows[0].new, rows[0].change) == ("0.8", "0.9", "0.1")
     assert (rows[2].old, rows[2].change) == ("-", "-")

@@ -1,8 +1,10 @@
 """The comparison path through the real ``dvc`` CLI, on a toy pipeline in a temporary Git + DVC repository.
 
-The toy's stages are one small Python script that writes, instantly, metrics and plot files with the
-names and shapes of the real pipeline's (metrics/evaluate.json, plots/roc/2d.csv, ...); its metrics
-improve with ``train_2d.epochs`` / ``train_3d.epochs`` so that changing a param visibly moves them. The
+The toy's stages are one small Python script that writes, instantly, metrics, predictions and plot files
+with the names and shapes of the real pipeline's (metrics/evaluate.json, metrics/predictions.csv,
+plots/roc/model_2d.csv, plots/train/model_2d.csv, ...). Its per-patient scores separate the classes better
+with more ``train_2d.epochs`` / ``train_3d.epochs``, and every metric is computed from them, so changing a
+param visibly moves the metrics and the paired comparison of the report has real numbers to test. The
 top-level ``plots:`` block is the real dvc.yaml's, so the plot definitions users get are the ones tested here.
 
 One repository is shared by the whole module (DVC calls cost about a second each): commit ``base``, then
@@ -31,17 +33,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The real pipeline's output names, in one place: the toy stage below writes exactly these.
 METRICS = ("ingest", "split", "train_2d", "train_3d", "cv", "evaluate")
+PREDICTIONS = ("metrics/cv_predictions.csv", "metrics/predictions.csv")
 ROC_IDS = ("roc", "cv_roc")
-LOSS_IDS = ("train_loss_2d", "train_loss_3d", "val_loss_2d", "val_loss_3d", "cv_loss_2d", "cv_loss_3d")
+LOSS_IDS = ("loss_2d", "loss_3d", "validation_auc")
+CONFUSION_IDS = ("confusion_2d", "confusion_3d")
 
 TOY_STAGE = r'''
-"""Toy stand-in for the real pipeline: writes its metrics and plot files (same names and shapes) at once."""
-import csv, json, math, sys
+"""Toy stand-in for the real pipeline: writes its metrics, predictions and plot files (same names and
+shapes) at once."""
+import csv, json, math, statistics, sys
 from pathlib import Path
 import yaml
 
 stage = sys.argv[1]
 params = yaml.safe_load(Path("params.yaml").read_text())
+CLASSES = ("normal", "metastases")
+TEST = [f"toy-{i:02d}" for i in range(20)]  # held-out patients
+TRAIN = [f"toy-{i:02d}" for i in range(20, 50)]  # cross-validated patients
+FOLDS = params["split"]["folds"]
 
 
 def dump(path, data):
@@ -57,57 +66,107 @@ def table(path, header, rows):
         writer.writerows(rows)
 
 
-def quality(model):  # more epochs, better toy model: every metric moves with the param
-    return 1 - 0.5 * math.exp(-params[f"train_{model}"]["epochs"] / 4)
+def label(patient):
+    return int(patient[-2:]) % 2
+
+
+def scores(model, patients, spread):
+    """More epochs, better separated: sigmoid(+-separation + the patient's fixed noise in [-3, 3))."""
+    separation = params[f"train_{model}"]["epochs"] / spread
+    n, offset = len(patients), 3 if model == "3d" else 0
+    noise = [6 * ((7 * i + offset) % n) / n - 3 for i in range(n)]
+    return [round(1 / (1 + math.exp(-(separation * (2 * label(p) - 1) + z))), 4)
+            for p, z in zip(patients, noise)]
+
+
+def auc(labels, scores):  # Mann-Whitney
+    pos = [s for y, s in zip(labels, scores) if y]
+    neg = [s for y, s in zip(labels, scores) if not y]
+    return round(sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg)), 4)
+
+
+def at(labels, scores, threshold):
+    hit = [int(s >= threshold) for s in scores]
+    tp = sum(h and y for h, y in zip(hit, labels))
+    tn = sum(not h and not y for h, y in zip(hit, labels))
+    sens, spec = tp / sum(labels), tn / (len(labels) - sum(labels))
+    return {"accuracy": round((tp + tn) / len(labels), 4), "balanced_accuracy": round((sens + spec) / 2, 4),
+            "sensitivity": round(sens, 4), "specificity": round(spec, 4),
+            "f1": round(2 * tp / (2 * tp + (len(labels) - tp - tn)), 4)}
+
+
+def roc(labels, scores):
+    rows = [(0.0, 0.0, 1.0)]
+    for t in sorted(set(scores), reverse=True):
+        fp = sum(s >= t and not y for y, s in zip(labels, scores))
+        tp = sum(s >= t and y for y, s in zip(labels, scores))
+        rows.append((round(fp / (len(labels) - sum(labels)), 4), round(tp / sum(labels), 4), t))
+    return rows
 
 
 if stage == "ingest":
-    dump("metrics/ingest.json", {"patients": 12, "series": 36, "skipped_series": 0})
+    dump("metrics/ingest.json", {"patients": len(TEST) + len(TRAIN), "series": 150, "skipped_series": 0})
 elif stage == "split":
-    dump("metrics/split.json", {"train": 9, "test": 3, "folds": params["split"]["folds"]})
+    dump("metrics/split.json", {"train": len(TRAIN), "test": len(TEST), "folds": FOLDS})
 elif stage in ("train-2d", "train-3d"):
     m = stage[-2:]
-    epochs, q = params[f"train_{m}"]["epochs"], quality(m)
-    loss = [(s, s // 3, round(1 / (1 + s * q), 4)) for s in range(3 * epochs)]
-    table(f"plots/train_{m}/loss.csv", ["step", "epoch", "loss"], loss)
-    table(f"plots/train_{m}/val.csv", ["epoch", "val_loss", "val_accuracy"],
-          [(e, round(1.2 / (1 + e * q), 4), round(q * e / epochs, 4)) for e in range(epochs)])
-    dump(f"metrics/train_{m}.json", {"train_loss": loss[-1][2], "val_loss": round(1.2 / (1 + epochs * q), 4),
-                                     "val_accuracy": round(q, 4), "epochs": epochs})
+    epochs = params[f"train_{m}"]["epochs"]
+    labels = [label(p) for p in TRAIN]
+    oof = auc(labels, scores(m, TRAIN, 5))
+    header = ["epoch", *(f"{s}_fold{f}" for f in range(FOLDS) for s in ("train", "val")),
+              "train_loss", "validation_loss", "validation_auc"]
+    rows = []
+    for e in range(epochs):
+        per_fold = [round(c / (1 + 0.3 * e * (1 - 0.1 * f)), 4) for f in range(FOLDS) for c in (0.7, 0.75)]
+        means = [round(sum(per_fold[0::2]) / FOLDS, 4), round(sum(per_fold[1::2]) / FOLDS, 4)]
+        rows.append([e, *per_fold, *means, round(0.5 + (oof - 0.5) * (e + 1) / epochs, 4)])
+    table(f"plots/train/model_{m}.csv", header, rows)
+    folds = {f"fold{f}": {"train_loss": rows[-1][1 + 2 * f], "val_loss": rows[-1][2 + 2 * f],
+                          "val_auc": round(oof - 0.01 * f, 4), "learned": True, "attempts": 1}
+             for f in range(FOLDS)}
+    dump(f"metrics/train_{m}.json", {
+        "epochs": epochs, "folds": FOLDS, "train_patients": len(TRAIN), "learned": True,
+        "folds_learned": FOLDS, "folds_not_learned": 0, "restarts_used": 0,
+        "train_loss_mean": round(statistics.mean(f["train_loss"] for f in folds.values()), 4),
+        "oof_auc": oof, **folds})
 elif stage == "cross-validate":
-    out = {}
+    out, predictions = {}, []
     for m in ("2d", "3d"):
-        q, k = quality(m), params["split"]["folds"]
-        folds = [{"fold": f, "auc": round(q - 0.02 * f, 4), "accuracy": round(q - 0.03 * f, 4)}
-                 for f in range(k)]
-        out[m] = {"auc_mean": round(q - 0.01 * (k - 1), 4), "auc_std": round(0.01 * k, 4),
-                  "accuracy_mean": round(q - 0.015 * (k - 1), 4), "accuracy_std": round(0.015 * k, 4),
-                  "folds": folds}
-        # wide: per-fold train/val loss columns, then their means
-        header = ["epoch", *(f"{s}_fold{f}" for f in range(k) for s in ("train", "val")),
-                  "train_mean", "val_mean"]
-        rows = []
-        for e in range(params[f"train_{m}"]["epochs"]):
-            per_fold = [round(c / (1 + e * (q - 0.02 * f)), 4) for f in range(k) for c in (1.0, 1.1)]
-            rows.append([e, *per_fold, round(sum(per_fold[0::2]) / k, 4), round(sum(per_fold[1::2]) / k, 4)])
-        table(f"plots/cv_{m}/loss.csv", header, rows)
-        table(f"plots/cv_roc/{m}.csv", ["fpr", "tpr", "threshold"],
-              [(x, round(x ** (1.1 - q), 4) if x else 0, round(1 - x, 2)) for x in (0, 0.2, 0.5, 1)])
+        labels, s = [label(p) for p in TRAIN], scores(m, TRAIN, 5)
+        fold_of = [i % FOLDS for i in range(len(TRAIN))]
+        predictions += [(p, y, x, m, f) for p, y, x, f in zip(TRAIN, labels, s, fold_of)]
+        folds = []
+        for f in range(FOLDS):
+            ys = [y for y, g in zip(labels, fold_of) if g == f]
+            xs = [x for x, g in zip(s, fold_of) if g == f]
+            folds.append({"fold": f, "auc": auc(ys, xs), "accuracy": at(ys, xs, 0.5)["accuracy"],
+                          "patients": len(ys), "learned": True})
+        aucs = [f["auc"] for f in folds]
+        accuracies = [f["accuracy"] for f in folds]
+        out[m] = {"oof_auc": auc(labels, s), "auc_mean": round(statistics.mean(aucs), 4),
+                  "auc_std": round(statistics.stdev(aucs), 4), "auc_min": min(aucs),
+                  "accuracy_mean": round(statistics.mean(accuracies), 4),
+                  "accuracy_std": round(statistics.stdev(accuracies), 4),
+                  "threshold": round(statistics.median(s), 4), "learned": True, "folds_not_learned": 0,
+                  **{f"fold{f['fold']}_auc": f["auc"] for f in folds}, "folds": folds}
+        table(f"plots/cv_roc/model_{m}.csv", ["fpr", "tpr", "threshold"], roc(labels, s))
+    table("metrics/cv_predictions.csv", ["patient", "label", "score", "model", "fold"], predictions)
     dump("metrics/cv.json", out)
 elif stage == "evaluate":
-    out = {}
+    cv = json.loads(Path("metrics/cv.json").read_text())
+    out, predictions = {}, []
     for m in ("2d", "3d"):
-        q = quality(m)
-        table(f"plots/roc/{m}.csv", ["fpr", "tpr", "threshold"],
-              [(x, round(x ** (1 - q), 4) if x else 0, round(1 - x, 2)) for x in (0, 0.1, 0.3, 0.6, 1)])
-        actual = ["normal"] * 5 + ["metastases"] * 5
-        flipped = {"normal": "metastases", "metastases": "normal"}
-        predicted = [a if i < round(10 * q) else flipped[a] for i, a in enumerate(actual)]
-        table(f"plots/confusion/{m}.csv", ["actual", "predicted"], list(zip(actual, predicted)))
-        out[m] = {"auc": round(q, 4), "auc_ci95": [round(q - 0.1, 4), round(min(1, q + 0.1), 4)],
-                  "accuracy": round(q - 0.05, 4), "balanced_accuracy": round(q - 0.05, 4),
-                  "sensitivity": round(q - 0.02, 4), "specificity": round(q - 0.08, 4),
-                  "f1": round(q - 0.04, 4)}
+        labels, s = [label(p) for p in TEST], scores(m, TEST, 4)
+        predictions += [(p, y, x, m) for p, y, x in zip(TEST, labels, s)]
+        value = auc(labels, s)
+        table(f"plots/roc/model_{m}.csv", ["fpr", "tpr", "threshold"], roc(labels, s))
+        table(f"plots/confusion/model_{m}.csv", ["patient", "actual", "predicted"],
+              [(p, CLASSES[y], CLASSES[int(x >= 0.5)]) for p, y, x in zip(TEST, labels, s)])
+        out[m] = {"auc": value, "auc_ci_low": round(max(0, value - 0.15 - 0.3 * (1 - value)), 4),
+                  "auc_ci_high": round(min(1, value + 0.5 * (1 - value)), 4), **at(labels, s, 0.5),
+                  "threshold": 0.5, "at_cv_threshold": at(labels, s, cv[m]["threshold"]),
+                  "test_patients": len(TEST), "learned": True, "ensemble_models": FOLDS}
+    table("metrics/predictions.csv", ["patient", "label", "score", "model"], predictions)
     dump("metrics/evaluate.json", out)
 '''
 
@@ -125,26 +184,34 @@ stages:
   train-2d:
     cmd: python toy_stage.py train-2d
     deps: [toy_stage.py, metrics/split.json]
-    params: [train_2d]
-    outs: [{plots/train_2d: {cache: false}}]
+    params: [split.folds, train_2d]
+    outs: [{plots/train/model_2d.csv: {cache: false}}]
     metrics: [{metrics/train_2d.json: {cache: false}}]
   train-3d:
     cmd: python toy_stage.py train-3d
     deps: [toy_stage.py, metrics/split.json]
-    params: [train_3d]
-    outs: [{plots/train_3d: {cache: false}}]
+    params: [split.folds, train_3d]
+    outs: [{plots/train/model_3d.csv: {cache: false}}]
     metrics: [{metrics/train_3d.json: {cache: false}}]
   cross-validate:
     cmd: python toy_stage.py cross-validate
-    deps: [toy_stage.py, metrics/split.json]
+    deps: [toy_stage.py, metrics/train_2d.json, metrics/train_3d.json]
     params: [split.folds, train_2d, train_3d]
-    outs: [{plots/cv_2d: {cache: false}}, {plots/cv_3d: {cache: false}}, {plots/cv_roc: {cache: false}}]
+    outs:
+      - metrics/cv_predictions.csv: {cache: false}
+      - plots/cv_roc/model_2d.csv: {cache: false}
+      - plots/cv_roc/model_3d.csv: {cache: false}
     metrics: [{metrics/cv.json: {cache: false}}]
   evaluate:
     cmd: python toy_stage.py evaluate
-    deps: [toy_stage.py, metrics/train_2d.json, metrics/train_3d.json]
-    params: [train_2d, train_3d]
-    outs: [{plots/roc: {cache: false}}, {plots/confusion: {cache: false}}]
+    deps: [toy_stage.py, metrics/cv.json]
+    params: [split.folds, train_2d, train_3d]
+    outs:
+      - metrics/predictions.csv: {cache: false}
+      - plots/roc/model_2d.csv: {cache: false}
+      - plots/roc/model_3d.csv: {cache: false}
+      - plots/confusion/model_2d.csv: {cache: false}
+      - plots/confusion/model_3d.csv: {cache: false}
     metrics: [{metrics/evaluate.json: {cache: false}}]
 """
 
@@ -226,6 +293,12 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:
 
 def test_toy_pipeline_is_up_to_date_and_writes_every_metrics_file(toy: Toy) -> None:
     assert sorted(p.stem for p in (toy.repo / "metrics").glob("*.json")) == sorted(METRICS)
+    tracked = git(toy.repo, "ls-files", "metrics", "plots").split()
+    assert set(PREDICTIONS) <= set(tracked)  # committed, as the report reads them from Git
+    # every file the real plots: block draws exists (a renamed output would leave a plot empty)
+    for plot in plots_block():
+        (definition,) = plot.values()
+        assert set(definition["y"]) <= set(tracked), definition["y"]
     assert "up to date" in dvc(toy.repo, "status")
     assert git(toy.repo, "status", "--porcelain").strip() == ""
 
@@ -245,7 +318,24 @@ def test_metrics_diff_shows_changed_metrics_with_deltas(toy: Toy) -> None:
         assert float(change) > 0  # more epochs, better toy 2D model
     assert ("metrics/evaluate.json", "3d.auc") not in rows  # unchanged: not listed
     assert ("metrics/cv.json", "2d.auc_mean") in rows
+    assert ("metrics/cv.json", "2d.fold0_auc") in rows  # per-fold AUCs are flat scalars too
     assert not any(name.startswith("2d.folds") for _, name in rows)  # per-fold lists stay out of the table
+
+
+def test_metrics_diff_json_has_the_flat_auc_interval(toy: Toy) -> None:
+    # DVC drops lists from metrics: the interval is two scalars so that diffs and exp show carry it
+    diff = json.loads(dvc(toy.repo, "metrics", "diff", toy.base, toy.head, "--json"))
+    evaluate = diff["metrics/evaluate.json"]
+    old = git_json(toy.repo, toy.base, "metrics/evaluate.json")["2d"]
+    new = git_json(toy.repo, toy.head, "metrics/evaluate.json")["2d"]
+    for bound in ("auc_ci_low", "auc_ci_high"):
+        assert evaluate[f"2d.{bound}"]["old"] == old[bound]
+        assert evaluate[f"2d.{bound}"]["new"] == new[bound]
+        assert evaluate[f"2d.{bound}"]["diff"] == pytest.approx(new[bound] - old[bound])
+    assert old["auc_ci_low"] < old["auc"] < old["auc_ci_high"]
+    assert not any("auc_ci95" in name for names in diff.values() for name in names)
+    train = diff["metrics/train_2d.json"]
+    assert {"train_loss_mean", "oof_auc", "fold0.val_auc"} <= train.keys()
 
 
 def _dvc_html_specs(page: str) -> dict[str, dict]:
@@ -266,9 +356,11 @@ def test_plots_diff_html_draws_roc_and_loss_of_both_revisions(toy: Toy, tmp_path
     dvc(toy.repo, "plots", "diff", toy.base, toy.head, "-o", str(tmp_path / "cdn"))
     page = (tmp_path / "cdn" / "index.html").read_text()
     specs = _dvc_html_specs(page)
-    for plot_id in (*ROC_IDS, *LOSS_IDS):
+    assert specs.keys() == {plot_id for plot in plots_block() for plot_id in plot}
+    for plot_id in (*ROC_IDS, *LOSS_IDS, *CONFUSION_IDS):
         assert _revisions(specs[plot_id]) == {toy.base, toy.head}, plot_id
-    assert {row["filename"] for row in specs["roc"]["data"]["values"]} == {"2d.csv", "3d.csv"}  # overlaid
+    roc_files = {row["filename"] for row in specs["roc"]["data"]["values"]}
+    assert roc_files == {"model_2d.csv", "model_3d.csv"}  # overlaid
     assert specs["confusion_2d"]["spec"]["encoding"]["x"]["title"] == "Actual class"
     # DVC's own page loads Vega from a CDN: blank on an air-gapped network
     assert any("cdn.jsdelivr.net" in ref for ref in remote_references(page))
@@ -292,6 +384,35 @@ def test_plots_diff_html_draws_roc_and_loss_of_both_revisions(toy: Toy, tmp_path
     assert _dvc_html_specs(offline).keys() == specs.keys()
 
 
+def test_plot_legends_name_the_models_and_the_loss_curves(toy: Toy) -> None:
+    """DVC dashes a curve by file or field: those names are the legend a reader sees."""
+    doc = json.loads(dvc(toy.repo, "plots", "diff", toy.base, toy.head, "--json"))
+    assert not doc.get("errors"), doc["errors"]  # every plot file of the real plots: block was found
+    specs = {plot_id: entries[0]["content"] for plot_id, entries in doc["data"].items()}
+
+    def dashes(plot_id: str) -> tuple[str, list[str]]:
+        stroke = specs[plot_id]["encoding"]["strokeDash"]
+        return stroke["field"], stroke["scale"]["domain"]
+
+    for plot_id in ("roc", "cv_roc", "validation_auc"):
+        field, domain = dashes(plot_id)
+        assert {"model_2d.csv", "model_3d.csv"} <= set(domain), (plot_id, domain)
+        assert {row[field] for row in specs[plot_id]["data"]["values"]} == {"model_2d.csv", "model_3d.csv"}
+    for plot_id in ("loss_2d", "loss_3d"):
+        field, domain = dashes(plot_id)
+        assert domain == ["train_loss", "validation_loss"], (plot_id, domain)
+        values = specs[plot_id]["data"]["values"]
+        assert {row[field] for row in values} == {"train_loss", "validation_loss"}
+        train = [row for row in values if row[field] == "train_loss" and row["rev"] == toy.head]
+        assert [row["dvc_inferred_y_value"] for row in train] == [row["train_loss"] for row in train]
+    # the head revision trained 2D for 8 epochs (base: 4); 3D is unchanged at 3 epochs
+    epochs = {
+        rev: {int(row["epoch"]) for row in specs["loss_2d"]["data"]["values"] if row["rev"] == rev}
+        for rev in (toy.base, toy.head)
+    }
+    assert epochs == {toy.base: set(range(4)), toy.head: set(range(8))}
+
+
 def test_offline_plots_cli_writes_self_contained_html_and_pngs(toy: Toy) -> None:
     out = toy.repo / "dvc_plots"
     run([sys.executable, "-m", "metastases.compare.plots", toy.base, toy.head, "--out", str(out)], toy.repo)
@@ -300,7 +421,7 @@ def test_offline_plots_cli_writes_self_contained_html_and_pngs(toy: Toy) -> None
     assert not re.search(r"<script[^>]*\bsrc=", page)  # every script inline
     specs = json.loads(re.search(r"const specs = (.*);\n", page).group(1))
     by_id = {key.split("-", 2)[2]: spec for key, spec in specs.items()}  # div ids are plot-<n>-<id>
-    for plot_id in (*ROC_IDS, *LOSS_IDS):
+    for plot_id in (*ROC_IDS, *LOSS_IDS, *CONFUSION_IDS):
         assert _revisions(by_id[plot_id]) == {toy.base, toy.head}
         assert (out / f"{plot_id}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -350,8 +471,44 @@ def test_report_table_matches_dvc_metrics_diff(toy: Toy) -> None:
     assert params == [["params.yaml", "train_2d.epochs", "4", "8"]]
 
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"roc.png", "train_loss_2d.png", "val_loss_2d.png", "cv_loss_2d.png"} <= set(images)
+    assert {f"{plot_id}.png" for plot in plots_block() for plot_id in plot} == set(images)
     assert all((out / image).read_bytes()[:4] == b"\x89PNG" for image in images)
+
+
+def test_report_pairs_the_predictions_of_both_revisions(toy: Toy) -> None:
+    out = toy.repo / "report_paired"
+    report_cli = [sys.executable, "-m", "metastases.compare.report", "--base", toy.base, "--head", toy.head]
+    run([*report_cli, "--out", str(out)], toy.repo)
+    report = (out / "report.md").read_text()
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Is the change real? (paired on the same patients)"
+    assert "Neither revision has" not in report  # the toy writes both predictions files
+
+    rows = {(row[0], row[1]): row for row in _markdown_rows(report, "Model")}
+    assert list(rows) == [
+        ("2d", "out-of-fold"),
+        ("2d", "held-out"),
+        ("3d", "out-of-fold"),
+        ("3d", "held-out"),
+    ]
+    auc_of = {
+        "out-of-fold": lambda rev, model: git_json(toy.repo, rev, "metrics/cv.json")[model]["oof_auc"],
+        "held-out": lambda rev, model: git_json(toy.repo, rev, "metrics/evaluate.json")[model]["auc"],
+    }
+    patients = {"out-of-fold": "30 (15 metastases)", "held-out": "20 (10 metastases)"}
+    for (model, kind), (_, _, counted, auc_base, auc_head, delta, _p, verdict) in rows.items():
+        old, new = auc_of[kind](toy.base, model), auc_of[kind](toy.head, model)
+        # the paired AUCs are those of the metrics files, from the same predictions
+        assert counted == patients[kind]
+        assert float(auc_base) == pytest.approx(old, abs=6e-4)
+        assert float(auc_head) == pytest.approx(new, abs=6e-4)
+        assert float(delta.split()[0]) == pytest.approx(new - old, abs=1.5e-3)
+        if model == "2d":  # more epochs at head: a real, positive difference with an interval around it
+            assert new > old and verdict == "better"
+            low, high = (float(x) for x in re.findall(r"[+-]\d\.\d{3}", delta)[1:])
+            assert low < new - old < high
+        else:  # 3d unchanged: the same scores at both revisions
+            assert delta == "+0.000 [+0.000, +0.000]" and verdict.startswith("within noise")
 
 
 def _experiments(exp_show: list[dict]) -> dict[str, dict]:

@@ -57,7 +57,7 @@ pull: install
 # Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built
 # from scratch under data/benchmark/; the table lands in data/benchmark/benchmark.md (about 40 min on 2 cores).
 benchmark: install
-	$(BIN)/python -m metastases.benchmark --build data/benchmark --jobs 2 --threads 1
+	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1
 
 # A pull-request report against another revision: report/report.md + PNGs of both revisions.
 HEAD ?= workspace

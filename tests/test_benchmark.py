@@ -1,4 +1,5 @@
-"""The benchmark on small arrays: one row per model in the asked order, the same numbers with --jobs."""
+"""The benchmark on small arrays: rows in the asked order with their recipes, the fold-model ensemble on the
+test split, the aggregate over training seeds, and the same numbers with --jobs."""
 
 from __future__ import annotations
 
@@ -6,62 +7,202 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from metastases import benchmark
+from metastases.errors import ParamsError
+from metastases.params import Train3DParams, TrainParams
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
+ROWS = ["cnn3d", "lenet3d:seed", "cnn2d:seed"]
+NAMES = ["cnn3d", "lenet3d (seed recipe)", "cnn2d (seed recipe)"]
+TIMING = ("cpu_seconds", "wall_seconds", "data_wait_share")
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cohort")
-    files = write_cohort(root, patients=16, size_2d=32, size_3d=32, folds=3)
+    files = write_cohort(root, patients=16, size_2d=64, size_3d=32, folds=3)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section in ("train_2d", "train_3d"):
-        params[section].update(num_workers=0, device="cpu")
+    for name in ("train_2d", "train_3d"):
+        params[name].pop("val_fold", None)  # a key of earlier params files
+        params[name].update(num_workers=0, device="cpu", restarts=0)
+    params["cross_validate"] = {"threshold": params.get("cross_validate", {}).get("threshold", "youden")}
     params["evaluate"]["bootstrap"] = 200
     files["params"] = root / "params.yaml"
     files["params"].write_text(yaml.safe_dump(params))
     return files
 
 
-def _run(cohort: dict[str, Path], out: Path, jobs: int) -> list[dict]:
+def _run(cohort: dict[str, Path], out: Path, *, jobs: int, seeds: int, rows: list[str] = ROWS) -> dict:
     benchmark.main(
         [
             "--params", str(cohort["params"]),
             "--data-2d", str(cohort["2d"]), "--data-3d", str(cohort["3d"]),
             "--splits", str(cohort["splits"]),
-            "--models", "cnn3d", "cnn2d",
-            "--epochs", "1", "--threads", "1", "--jobs", str(jobs),
+            "--models", *rows,
+            "--epochs", "1", "--threads", "1", "--jobs", str(jobs), "--seeds", str(seeds),
             "--out", str(out / "benchmark.md"), "--json", str(out / "benchmark.json"),
         ]
     )  # fmt: skip
     return json.loads((out / "benchmark.json").read_text())
 
 
-def test_benchmark_rows_follow_the_models_and_jobs_do_not_change_the_numbers(
-    cohort: dict[str, Path], tmp_path: Path
-) -> None:
-    serial = _run(cohort, tmp_path / "serial", jobs=1)
-    parallel = _run(cohort, tmp_path / "parallel", jobs=2)
-    assert [row["model"] for row in serial] == [row["model"] for row in parallel]
-    assert serial[0]["model"].startswith("histogram")
-    assert [(row["model"], row["dim"]) for row in serial[1:]] == [("cnn3d", "3d"), ("cnn2d", "2d")]
-    timing = ("cpu_seconds", "wall_seconds", "data_wait_share")
-    for one, other in zip(serial, parallel, strict=True):
-        assert {k: v for k, v in one.items() if k not in timing} == {
-            k: v for k, v in other.items() if k not in timing
-        }
-        assert 0.0 <= one["test_auc"] <= 1.0 and 0.0 <= one["cv_auc_mean"] <= 1.0
-    table = (tmp_path / "parallel/benchmark.md").read_text()
-    assert "| cnn3d | 3d | 1/1 |" in table and "| cnn2d | 2d | 1/1 |" in table
+@pytest.fixture(scope="module")
+def two_seeds(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """The same benchmark, two training seeds, serial and with two jobs."""
+    out = tmp_path_factory.mktemp("bench")
+    return {
+        "serial": _run(cohort, out / "serial", jobs=1, seeds=2),
+        "parallel": _run(cohort, out / "parallel", jobs=2, seeds=2),
+        "table": {"text": (out / "parallel/benchmark.md").read_text()},  # type: ignore[dict-item]
+    }
 
 
-def test_benchmark_refuses_zero_jobs(cohort: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        _run(cohort, tmp_path, jobs=0)
+def test_rows_follow_the_models_with_their_recipes(two_seeds: dict[str, dict]) -> None:
+    result = two_seeds["serial"]
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert result["seeds"] == [base["seed"], base["seed"] + 1]
+    rows = result["rows"]
+    assert rows[0]["model"].startswith("histogram") and rows[0]["recipe"] == "reference"
+    assert [row["row"] for row in rows[1:]] == NAMES
+    assert [(row["model"], row["dim"]) for row in rows[1:]] == [
+        ("cnn3d", "3d"), ("lenet3d", "3d"), ("cnn2d", "2d")
+    ]  # fmt: skip
+    assert [row["input_shape"] for row in rows[1:]] == [[3, 20, 32, 32], [3, 20, 32, 32], [60, 64, 64]]
+    same = rows[1]["settings"]
+    train_3d = base["train_3d"]
+    assert same["lr"] == train_3d["lr"] and same["lr_schedule"] == train_3d["lr_schedule"]
+    assert same["batch_size"] == train_3d["batch_size"] and same["epochs"] == 1
+    for row in rows[2:]:
+        settings = row["settings"]
+        assert row["recipe"] == "seed"
+        assert settings["lr"] == 1e-4 and settings["lr_schedule"] == "constant"
+        assert settings["batch_size"] == 10 and settings["epochs"] == 1  # --epochs overrides 30 / 20
+        assert settings["weight_decay"] == 0 and settings["noise_std"] == 0
+        assert settings["intensity_shift"] == 0 and settings["restarts"] == 0
+        assert settings["flip_horizontal"] == base[f"train_{row['dim']}"]["flip_horizontal"]
+    # the per-seed runs: the reference once, then each row for each seed, in order
+    runs = result["runs"]
+    assert runs[0]["recipe"] == "reference"
+    assert [(run["row"], run["seed"]) for run in runs[1:]] == [
+        (name, seed) for name in NAMES for seed in result["seeds"]
+    ]
+    table = two_seeds["table"]["text"]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith(
+        "| model | recipe | input shape | CV AUC out-of-fold (mean ± std over seeds, min) | fold AUC mean"
+    )
+    assert "| held-out AUC (mean ± std over seeds, min) | models not learned | CPU s | wall s |" in lines[0]
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == [rows[0]["row"], *NAMES]
+    assert "| cnn2d (seed recipe) | seed: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
+
+
+def test_the_aggregate_is_mean_std_min_and_sum_over_seeds(two_seeds: dict[str, dict]) -> None:
+    result = two_seeds["serial"]
+    for row in result["rows"][1:]:
+        runs = [run for run in result["runs"] if run["row"] == row["row"]]
+        assert len(runs) == 2 and row["seeds"] == [run["seed"] for run in runs]
+        oof = np.array([run["cv_auc_oof"] for run in runs])
+        held_out = np.array([run["test_auc"] for run in runs])
+        folds = np.concatenate([run["fold_aucs"] for run in runs])
+        assert row["cv_auc_oof_mean"] == pytest.approx(oof.mean())
+        assert row["cv_auc_oof_std"] == pytest.approx(oof.std(ddof=1))
+        assert row["cv_auc_oof_min"] == pytest.approx(oof.min())
+        assert row["test_auc_mean"] == pytest.approx(held_out.mean())
+        assert row["test_auc_std"] == pytest.approx(held_out.std(ddof=1))
+        assert row["test_auc_min"] == pytest.approx(held_out.min())
+        assert row["fold_auc_mean"] == pytest.approx(folds.mean())
+        assert row["fold_auc_std"] == pytest.approx(folds.std(ddof=1))
+        assert row["test_auc_ci95"] is None  # a CI is shown for one seed only
+        assert row["not_learned"] == sum(run["not_learned"] for run in runs)
+        assert row["fold_models"] == sum(run["fold_models"] for run in runs) == 6
+        assert f"| {row['not_learned']}/6 |" in two_seeds["table"]["text"]
+
+
+def test_held_out_scores_are_the_mean_of_the_learned_fold_models(two_seeds: dict[str, dict]) -> None:
+    for run in two_seeds["serial"]["runs"][1:]:
+        learned = [f["fold"] for f in run["folds"] if f["learned"]]
+        members = learned or [f["fold"] for f in run["folds"]]
+        assert run["not_learned"] == len(run["folds"]) - len(learned)
+        assert run["ensemble_size"] == len(members) and run["ensemble_folds"] == members
+        predictions = run["test_predictions"]
+        fold_scores = np.array([predictions["fold_scores"][str(fold)] for fold in members])
+        np.testing.assert_allclose(predictions["score"], fold_scores.mean(axis=0), rtol=0, atol=1e-12)
+        assert run["test_auc"] == pytest.approx(roc_auc_score(predictions["label"], predictions["score"]))
+        low, high = run["test_auc_ci95"]
+        assert 0.0 <= low <= high <= 1.0
+        oof = np.array([f["auc"] for f in run["folds"]])
+        assert run["fold_auc_mean"] == pytest.approx(oof.mean())
+
+
+def test_jobs_do_not_change_the_numbers(two_seeds: dict[str, dict]) -> None:
+    serial, parallel = two_seeds["serial"], two_seeds["parallel"]
+
+    def untimed(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k not in TIMING}
+
+    for key in ("rows", "runs"):
+        assert [untimed(row) for row in serial[key]] == [untimed(row) for row in parallel[key]]
+
+
+def test_one_seed_shows_the_ci_and_the_seed_baselines(cohort: dict[str, Path], tmp_path: Path) -> None:
+    result = _run(cohort, tmp_path, jobs=1, seeds=1, rows=["alexnet2d:seed", "lenet3d"])
+    _, seed_row, row = result["rows"]
+    assert seed_row["row"] == "alexnet2d (seed recipe)" and seed_row["recipe"] == "seed"
+    assert seed_row["settings"]["lr"] == 1e-4 and seed_row["settings"]["lr_schedule"] == "constant"
+    assert seed_row["settings"]["batch_size"] == 10 and seed_row["input_shape"] == [60, 64, 64]
+    assert row["row"] == "lenet3d" and row["recipe"] == "params" and row["cv_auc_oof_std"] is None
+    run = result["runs"][2]
+    assert row["test_auc_ci95"] == run["test_auc_ci95"] and row["test_auc_mean"] == run["test_auc"]
+    low, high = row["test_auc_ci95"]
+    table = (tmp_path / "benchmark.md").read_text()
+    assert f"| {row['test_auc_mean']:.3f} [{low:.3f}, {high:.3f}] |" in table
+    assert "| lenet3d | train_3d: lr" in table and "| held-out AUC [95% CI] |" in table
+    assert "| alexnet2d (seed recipe) | seed: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
+
+
+def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None:
+    specs = [benchmark.parse_row(text) for text in benchmark.DEFAULT_ROWS]
+    assert [spec.name for spec in specs] == [
+        "alexnet2d (seed recipe)", "alexnet2d", "cnn2d", "lenet3d (seed recipe)", "lenet3d", "cnn3d"
+    ]  # fmt: skip
+    base: dict[str, TrainParams] = {"2d": TrainParams(), "3d": Train3DParams()}
+    seed_2d, seed_3d = (benchmark.row_params(specs[i], base) for i in (0, 3))
+    assert (seed_2d.epochs, seed_3d.epochs) == (30, 20)
+    assert (seed_2d.lr, seed_2d.lr_schedule, seed_2d.batch_size, seed_2d.weight_decay) == (
+        1e-4,
+        "constant",
+        10,
+        0,
+    )
+    assert (seed_3d.noise_std, seed_3d.intensity_shift) == (0, 0)
+    assert benchmark.row_params(specs[2], base, epochs=3).epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--jobs", "0"], SystemExit),
+        (["--seeds", "0"], SystemExit),
+        (["--models", "cnn2d", "cnn2d:seed", "cnn2d"], SystemExit),
+        (["--models", "nonet:seed"], ParamsError),
+    ],
+)
+def test_benchmark_refuses_bad_options(cohort: dict[str, Path], args: list[str], error: type) -> None:
+    with pytest.raises(error):
+        benchmark.main(["--params", str(cohort["params"]), "--splits", str(cohort["splits"]), *args])
+
+
+def test_help_documents_the_row_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "NAME:seed" in text and "--seeds" in text

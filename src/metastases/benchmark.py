@@ -1,8 +1,8 @@
-"""Compare baseline, default and trivial models on one cohort: CV AUC mean ± std and held-out AUC with CI.
+"""Compare baselines, defaults and a trivial reference on one cohort, over one or more training seeds.
 
 From scratch, on a larger demo cohort of its own (what ``make benchmark`` runs)::
 
-    python -m metastases.benchmark --build data/benchmark
+    python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1
 
 builds ``data/benchmark/{raw,interim,2d,3d}`` and ``splits.csv`` (240 patients, generator seed 11,
 ingest/split/array params from params.yaml) and writes ``data/benchmark/benchmark.{md,json}``. On
@@ -10,12 +10,31 @@ arrays that already exist::
 
     python -m metastases.benchmark --data-2d DIR/2d --data-3d DIR/3d --splits DIR/splits.csv --out T.md
 
-Every CNN is cross-validated over the training folds (epochs from ``cross_validate``), then trained on
-the whole training split (epochs from ``train_<dim>``) and scored on the test split; ``--epochs N``
-uses N for both, for every CNN alike; ``--jobs 2`` benchmarks two models at once (one process each;
-give each ``--threads 1`` on a 2-core machine). The trivial reference is a logistic regression on
-per-sequence intensity histograms; if it scores like the CNNs, the cohort is too easy to tell the
-models apart.
+Rows (``--models``, in the order given): ``NAME`` trains model NAME with the settings of params.yaml's
+``train_<dim>`` section (model swapped, the same recipe for every model of a kind); ``NAME:seed`` trains
+it with the original study's optimiser settings instead ("seed recipe": Adam lr 1e-4 constant, batch 10,
+30 epochs for 2D / 20 for 3D, weight decay 0, noise 0, intensity shift 0; flips and restarts as
+params.yaml says). The default compares each baseline in both recipes with the default model of its
+kind: ``alexnet2d:seed alexnet2d cnn2d lenet3d:seed lenet3d cnn3d``. The first row is always a trivial
+reference: a logistic regression on per-sequence intensity histograms, cross-validated over the same
+folds and refitted on the whole training split for the held-out column; if it scores like the CNNs, the
+cohort is too easy to tell the models apart.
+
+Every CNN row is what the pipeline does: ``cross_validate`` trains one model per fold (K models, each on
+the other K-1 folds, with ``restarts``); their out-of-fold scores give the pooled CV AUC and the per-fold
+AUCs; the mean of the fold models that learned (all K if none did) scores the test split (held-out AUC
+with a bootstrap CI). Nothing is trained twice. ``not learned`` counts fold models whose training loss
+never left chance, even after the restarts.
+
+``--seeds N`` repeats every CNN row for the training seeds ``seed, seed+1, ..., seed+N-1`` (``seed``
+from params.yaml; the split and the bootstrap seed stay fixed) and reports per row the mean ± std
+(ddof 1) over seeds of the out-of-fold AUC and of the held-out AUC, their minimum, the fold AUCs pooled
+over seeds, and the total count of fold models that never learned. The JSON holds the per-seed runs
+(``runs``) and the aggregated rows (``rows``); the markdown holds the aggregated table.
+
+``--epochs N`` uses N epochs for every CNN row, both recipes alike (a quick check); ``--jobs J`` runs J
+(model, seed) jobs at once, one process each (give each ``--threads 1`` on a 2-core machine); the
+numbers are those of a serial run.
 """
 
 from __future__ import annotations
@@ -29,6 +48,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +65,6 @@ from metastases.ingest import ingest_cohort
 from metastases.models import model_dim
 from metastases.params import (
     CLASSES,
-    CrossValidateParams,
     EvaluateParams,
     IngestParams,
     SplitParams,
@@ -56,10 +75,11 @@ from metastases.params import (
     train_sections,
 )
 from metastases.splits import make_splits
+from metastases.training.checkpoint import Ensemble, FoldModel
 from metastases.training.cohort import Cohort, load_cohort
 from metastases.training.crossval import cross_validate
 from metastases.training.dataset import PatientArrays
-from metastases.training.loop import fit, make_loader, predict
+from metastases.training.loop import make_loader, predict
 from metastases.training.runtime import configure_torch, resolve_device
 
 log = logging.getLogger(__name__)
@@ -70,6 +90,31 @@ HISTOGRAM_BINS = np.linspace(-3.0, 5.0, 33)
 BENCHMARK_PATIENTS = 240
 BENCHMARK_COHORT_SEED = 11
 """The benchmark cohort: same generator as the demo cohort (60 patients, seed 7), another seed."""
+
+DEFAULT_ROWS = ("alexnet2d:seed", "alexnet2d", "cnn2d", "lenet3d:seed", "lenet3d", "cnn3d")
+"""``--models`` default: each baseline in the seed recipe and in params' recipe, then the default model."""
+
+SEED_SUFFIX = ":seed"
+
+SEED_RECIPE: dict[str, Any] = {
+    "lr": 1e-4,
+    "lr_schedule": "constant",
+    "batch_size": 10,
+    "weight_decay": 0.0,
+    "noise_std": 0.0,
+    "intensity_shift": 0.0,
+}
+"""The original study's optimiser settings (Adam is the only optimiser); epochs in :data:`SEED_EPOCHS`."""
+
+SEED_EPOCHS = {"2d": 30, "3d": 20}
+
+RECORDED_SETTINGS = (
+    "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "restarts",
+    "flip_horizontal", "flip_vertical", "noise_std", "intensity_shift",
+)  # fmt: skip
+"""The training settings written to every row of the JSON."""
+
+REFERENCE = "histogram logistic regression"
 
 
 @dataclass(frozen=True)
@@ -95,13 +140,20 @@ class BenchmarkData:
 
 
 def build_benchmark_data(
-    data: BenchmarkData, params_path: str | Path, patients: int, cohort_seed: int, workers: int
+    data: BenchmarkData, params_path: str | Path, *, patients: int, cohort_seed: int, workers: int
 ) -> None:
     """Demo cohort -> ingest -> split -> 2D and 3D arrays under ``data.root``, as the pipeline's stages do.
 
     Uses the ``ingest``, ``split``, ``slice_2d`` and ``stack_3d`` sections and the shared seed of
     ``params_path``, so the benchmark sees the same geometry as ``make run``; every step replaces its
     previous output.
+
+    Args:
+        data: where the cohort, its arrays and the split go.
+        params_path: the params file.
+        patients: demo-cohort size.
+        cohort_seed: demo-cohort generator seed.
+        workers: parallel processes.
     """
     log.info("benchmark cohort: %d patients, seed %d -> %s", patients, cohort_seed, data.raw)
     build_cohort(data.raw, patients, cohort_seed, workers)
@@ -118,6 +170,51 @@ def build_benchmark_data(
     for layout, name in (("2d", "slice_2d"), ("3d", "stack_3d")):
         params = section(VolumeParams, name, params_path)
         build_arrays(data.interim, data.arrays(layout), params, layout, workers=workers)
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One CNN row of the table: a registered model and the recipe it trains with."""
+
+    model: str
+    recipe: str
+    """``params`` (params.yaml's ``train_<dim>``) or ``seed`` (the original study's settings)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} (seed recipe)" if self.recipe == "seed" else self.model
+
+    @property
+    def dim(self) -> str:
+        return model_dim(self.model)
+
+
+def parse_row(text: str) -> RowSpec:
+    """``NAME`` or ``NAME:seed``; an unknown model name is a one-line params error."""
+    model, recipe = (text[: -len(SEED_SUFFIX)], "seed") if text.endswith(SEED_SUFFIX) else (text, "params")
+    model_dim(model)
+    return RowSpec(model, recipe)
+
+
+def row_params(
+    spec: RowSpec, base: dict[str, TrainParams], *, epochs: int | None = None, threads: int | None = None
+) -> TrainParams:
+    """The training params of a row: ``train_<dim>`` with the model swapped, the seed recipe applied.
+
+    Args:
+        spec: the row.
+        base: params.yaml's ``train_2d`` / ``train_3d`` sections by layout.
+        epochs: overrides the recipe's epochs (``--epochs``).
+        threads: overrides the torch threads (``--threads``).
+    """
+    params = dataclasses.replace(base[spec.dim], model=spec.model)
+    if spec.recipe == "seed":
+        params = dataclasses.replace(params, epochs=SEED_EPOCHS[spec.dim], **SEED_RECIPE)
+    if epochs is not None:
+        params = dataclasses.replace(params, epochs=epochs)
+    if threads is not None:
+        params = dataclasses.replace(params, threads=threads)
+    return params
 
 
 def _cpu_seconds() -> float:
@@ -144,107 +241,259 @@ def _held_out(labels: np.ndarray, scores: np.ndarray, evaluate: EvaluateParams, 
 
 
 def histogram_reference(cohort: Cohort, evaluate: EvaluateParams, seed: int) -> dict:
-    """Logistic regression on intensity histograms: CV over the folds, then held-out on the test split."""
+    """Logistic regression on intensity histograms: CV over the folds, then held-out on the test split.
+
+    Deterministic (no training seed): it runs once whatever ``--seeds`` says.
+    """
     started, cpu = time.perf_counter(), _cpu_seconds()
-    fold_aucs = []
     train = cohort.part("train")
     features = histogram_features(cohort, train)
     folds = cohort.splits.set_index("patient").loc[train["patient"], "fold"].to_numpy()
     labels = train["label"].to_numpy()
+    out_of_fold = np.zeros(len(train))
+    fold_aucs = []
     for fold in cohort.folds:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         model.fit(features[folds != fold], labels[folds != fold])
-        fold_aucs.append(auc(labels[folds == fold], model.predict_proba(features[folds == fold])[:, 1]))
+        out_of_fold[folds == fold] = model.predict_proba(features[folds == fold])[:, 1]
+        fold_aucs.append(auc(labels[folds == fold], out_of_fold[folds == fold]))
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(features, labels)
     test = cohort.part("test")
     scores = model.predict_proba(histogram_features(cohort, test))[:, 1]
     return {
-        "model": "histogram logistic regression",
+        "row": f"{REFERENCE} (trivial reference)",
+        "model": REFERENCE,
+        "recipe": "reference",
         "dim": "3d",
-        "cv_auc_mean": float(np.mean(fold_aucs)),
-        "cv_auc_std": float(np.std(fold_aucs, ddof=1)),
+        "input_shape": [3, len(HISTOGRAM_BINS) - 1],
+        "seed": None,
+        "settings": {"C": 0.1, "bins": len(HISTOGRAM_BINS) - 1},
+        "cv_auc_oof": auc(labels, out_of_fold),
+        "fold_aucs": fold_aucs,
+        "fold_auc_mean": float(np.mean(fold_aucs)),
+        "fold_auc_std": float(np.std(fold_aucs, ddof=1)),
+        "fold_models": len(fold_aucs),
+        "not_learned": 0,
+        "ensemble_size": None,
         **_held_out(test["label"].to_numpy(), scores, evaluate, seed),
-        "epochs": None,
         "cpu_seconds": round(_cpu_seconds() - cpu, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def benchmark_model(
-    cohort: Cohort, params: TrainParams, cv_epochs: int, evaluate: EvaluateParams, seed: int
-) -> dict:
-    """CV AUC over the folds and held-out AUC (trained on the whole training split) for one CNN."""
+    cohort: Cohort, params: TrainParams, *, seed: int, evaluate: EvaluateParams, bootstrap_seed: int,
+    row: str = "", recipe: str = "params",
+) -> dict:  # fmt: skip
+    """Cross-validate one CNN (the K fold models) and score the test split with their ensemble.
+
+    Args:
+        cohort: arrays and split of the model's layout.
+        params: the row's training params (model, recipe, epochs).
+        seed: the training seed handed to ``cross_validate``.
+        evaluate: bootstrap resamples and CI level of the held-out AUC.
+        bootstrap_seed: seed of the bootstrap (the same for every row and training seed).
+        row: the row's name in the table (default: the model name).
+        recipe: ``params`` or ``seed``, recorded in the row.
+    """
     started, cpu = time.perf_counter(), _cpu_seconds()
     device = resolve_device(params.device)
     configure_torch(params.deterministic, params.threads, device)
-    cv = cross_validate(cohort, params, cv_epochs, seed, device)
-    aucs = [f.auc for f in cv.folds]
-    train, test = cohort.part("train"), cohort.part("test")
+    cv = cross_validate(cohort, params, seed, device)
+    test = cohort.part("test")
     shape = cohort.sample_shape(test)
-    fitted = fit(
-        cohort.array_dir, train, None, params, params.epochs, seed, device, shape, f"bench {params.model}"
-    )
     loader = make_loader(PatientArrays(cohort.array_dir, test), params.batch_size, False, seed, 0, device)
-    scores, _ = predict(fitted.model, loader, device)
+    fold_scores = {f.fold: predict(f.model.to(device), loader, device)[0] for f in cv.folds}
+    ensemble = Ensemble(
+        model_name=params.model,
+        dim=params.dim,
+        input_shape=shape,
+        folds=[FoldModel(f.fold, f.model, f.learned, f.train_patients, f.val_patients) for f in cv.folds],
+        out_of_fold=cv.out_of_fold,
+        meta={},
+    )
+    members = [member.fold for member in ensemble.members]
+    scores = np.mean([fold_scores[fold] for fold in members], axis=0)
+    labels = test["label"].to_numpy()
+    fold_aucs = [f.auc for f in cv.folds]
     return {
+        "row": row or params.model,
         "model": params.model,
+        "recipe": recipe,
         "dim": params.dim,
-        "cv_auc_mean": float(np.mean(aucs)),
-        "cv_auc_std": float(np.std(aucs, ddof=1)),
-        **_held_out(test["label"].to_numpy(), scores, evaluate, seed),
-        "epochs": f"{cv_epochs}/{params.epochs}",
+        "input_shape": list(shape),
+        "seed": seed,
+        "settings": {key: getattr(params, key) for key in RECORDED_SETTINGS},
+        "cv_auc_oof": auc(cv.out_of_fold["label"], cv.out_of_fold["score"]),
+        "fold_aucs": fold_aucs,
+        "fold_auc_mean": float(np.mean(fold_aucs)),
+        "fold_auc_std": float(np.std(fold_aucs, ddof=1)),
+        "folds": [
+            {
+                "fold": f.fold,
+                "auc": f.auc,
+                "accuracy": f.accuracy,
+                "learned": f.learned,
+                "attempts": f.attempts,
+                "train_loss": f.train_loss,
+                "init_seed": f.seed,
+            }
+            for f in cv.folds
+        ],
+        "fold_models": len(cv.folds),
+        "not_learned": len(cv.folds) - len(cv.learned_folds),
+        "ensemble_size": len(members),
+        "ensemble_folds": members,
+        **_held_out(labels, scores, evaluate, bootstrap_seed),
+        "test_predictions": {
+            "patient": [str(p) for p in test["patient"]],
+            "label": [int(y) for y in labels],
+            "score": [float(s) for s in scores],
+            "fold_scores": {str(fold): [float(s) for s in fold_scores[fold]] for fold in fold_scores},
+        },
         "cpu_seconds": round(_cpu_seconds() - cpu, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "data_wait_share": round(fitted.timing.data_wait_share, 3),
+        "data_wait_share": round(cv.timing.data_wait_share, 3),
     }
 
 
-Job = tuple[Cohort, TrainParams, int, EvaluateParams, int, bool]
-"""One CNN's benchmark: cohort, params, CV epochs, evaluation params, seed, verbose logging."""
+@dataclass(frozen=True)
+class Job:
+    """One (row, training seed) of the table, run in this process or a worker of ``--jobs``."""
+
+    cohort: Cohort
+    params: TrainParams
+    spec: RowSpec
+    seed: int
+    evaluate: EvaluateParams
+    bootstrap_seed: int
+    verbose: bool = False
 
 
 def _benchmark_job(job: Job) -> dict:
-    """:func:`benchmark_model` in a worker process of ``--jobs``."""
-    cohort, params, cv_epochs, evaluate, seed, verbose = job
-    configure_logging(verbose)
+    """:func:`benchmark_model` for one job (also in a worker process of ``--jobs``)."""
+    configure_logging(job.verbose)
     if multiprocessing.get_start_method() == "spawn" and "fork" in multiprocessing.get_all_start_methods():
         # a spawned process spawns its loader workers too, re-importing torch every epoch; forking
         # them, as a single-process run does, keeps the timings of --jobs and serial runs comparable
         multiprocessing.set_start_method("fork", force=True)
-    row = benchmark_model(cohort, params, cv_epochs, evaluate, seed)
-    log.info("%s: %s", params.model, row)
+    row = benchmark_model(
+        job.cohort, job.params, seed=job.seed, evaluate=job.evaluate, bootstrap_seed=job.bootstrap_seed,
+        row=job.spec.name, recipe=job.spec.recipe,
+    )  # fmt: skip
+    log.info(
+        "%s seed %d: out-of-fold AUC %.3f, held-out AUC %.3f, not learned %d/%d",
+        row["row"], job.seed, row["cv_auc_oof"], row["test_auc"], row["not_learned"], row["fold_models"],
+    )  # fmt: skip
     return row
 
 
 def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
-    """Benchmark rows in the order of ``jobs``, ``workers`` models at a time (1: in this process)."""
+    """Benchmark runs in the order of ``jobs``, ``workers`` jobs at a time (1: in this process)."""
     if workers == 1:
         return [_benchmark_job(job) for job in jobs]
     # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         return list(pool.map(_benchmark_job, jobs))
 
 
-def markdown_table(rows: list[dict], cohort_size: int, test_size: int) -> str:
+def _std(values: list[float]) -> float | None:
+    """Sample standard deviation (ddof 1); ``None`` for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One table row from the runs of one row over the training seeds (``runs`` in seed order)."""
+    first = runs[0]
+    oof = [r["cv_auc_oof"] for r in runs]
+    held_out = [r["test_auc"] for r in runs]
+    fold_aucs = [a for r in runs for a in r["fold_aucs"]]
+    row = {key: first[key] for key in ("row", "model", "recipe", "dim", "input_shape", "settings")} | {
+        "seeds": [r["seed"] for r in runs],
+        "cv_auc_oof_mean": float(np.mean(oof)),
+        "cv_auc_oof_std": _std(oof),
+        "cv_auc_oof_min": float(np.min(oof)),
+        "fold_auc_mean": float(np.mean(fold_aucs)),
+        "fold_auc_std": _std(fold_aucs),
+        "test_auc_mean": float(np.mean(held_out)),
+        "test_auc_std": _std(held_out),
+        "test_auc_min": float(np.min(held_out)),
+        "test_auc_ci95": first["test_auc_ci95"] if len(runs) == 1 else None,
+        "not_learned": sum(r["not_learned"] for r in runs),
+        "fold_models": sum(r["fold_models"] for r in runs),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in runs), 1),
+        "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+    }
+    return row
+
+
+def _spread(mean: float, std: float | None, low: float) -> str:
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f} (min {low:.3f})"
+
+
+def _recipe_cell(row: dict) -> str:
+    if row["recipe"] == "reference":
+        return "histograms, C 0.1"
+    settings = row["settings"]
+    source = "seed" if row["recipe"] == "seed" else f"train_{row['dim']}"
+    schedule = f"lr {settings['lr']:g} {settings['lr_schedule']}, batch {settings['batch_size']}"
+    return f"{source}: {schedule}, {settings['epochs']} ep"
+
+
+def markdown_table(
+    rows: list[dict], *, cohort_size: int, test_size: int, folds: int, seeds: list[int]
+) -> str:
+    """The aggregated table (one line per row of ``rows``) with a short header.
+
+    Args:
+        rows: aggregated rows from :func:`aggregate`.
+        cohort_size: patients in the split table.
+        test_size: patients held out for test.
+        folds: cross-validation folds K.
+        seeds: the training seeds of the CNN rows.
+    """
+    over = "" if len(seeds) == 1 else " (mean ± std over seeds, min)"
+    held_out_header = "[95% CI]" if len(seeds) == 1 else "(mean ± std over seeds, min)"
+    seeds_text = f"training seed {seeds[0]}" if len(seeds) == 1 else f"training seeds {seeds[0]}-{seeds[-1]}"
     lines = [
-        f"Cohort: {cohort_size} patients, {test_size} held out for test.",
+        f"Cohort: {cohort_size} patients, {test_size} held out for test; {folds} fold models per CNN "
+        f"and {seeds_text}.",
         "",
-        "Epochs: cross-validation / final training. CPU s: user + system, loader workers included.",
+        "CV AUC out-of-fold: pooled over the training patients, each scored by the fold model that left "
+        "it out. Fold AUC: per fold model (pooled over seeds). Held-out AUC: the mean of the fold models "
+        "that learned (all if none did) on the test split"
+        + (" [95% bootstrap CI]." if len(seeds) == 1 else "; mean ± std over seeds (min).")
+        + " Not learned: fold models whose training loss never left chance. CPU s: user + system, "
+        "loader workers included, summed over seeds. The histogram reference is deterministic (one run; "
+        "refitted on the whole training split for the held-out column).",
         "",
-        "| model | input | epochs | CV AUC (mean ± std) | held-out AUC [95% CI] | held-out accuracy "
-        "| CPU s | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | recipe | input shape | CV AUC out-of-fold{over} | fold AUC mean ± std "
+        f"| held-out AUC {held_out_header} | models not learned | CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        low, high = row["test_auc_ci95"]
+        if row["test_auc_ci95"] is not None:
+            low, high = row["test_auc_ci95"]
+            held_out = f"{row['test_auc_mean']:.3f} [{low:.3f}, {high:.3f}]"
+        else:
+            held_out = _spread(row["test_auc_mean"], row["test_auc_std"], row["test_auc_min"])
+        fold_std = "" if row["fold_auc_std"] is None else f" ± {row['fold_auc_std']:.3f}"
+        reference = row["recipe"] == "reference"
+        not_learned = "-" if reference else f"{row['not_learned']}/{row['fold_models']}"
+        shape = "[" + ",".join(str(n) for n in row["input_shape"]) + "]"
         lines.append(
-            f"| {row['model']} | {row['dim']} | {row['epochs'] or '-'} | "
-            f"{row['cv_auc_mean']:.3f} ± {row['cv_auc_std']:.3f} | "
-            f"{row['test_auc']:.3f} [{low:.3f}, {high:.3f}] | {row['accuracy']:.3f} | "
-            f"{row['cpu_seconds']} | {row['wall_seconds']} |"
+            f"| {row['row']} | {_recipe_cell(row)} | {shape} | "
+            f"{_spread(row['cv_auc_oof_mean'], row['cv_auc_oof_std'], row['cv_auc_oof_min'])} | "
+            f"{row['fold_auc_mean']:.3f}{fold_std} | {held_out} | "
+            f"{not_learned} | {row['cpu_seconds']} | {row['wall_seconds']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _reference_row(run: dict) -> dict:
+    """The histogram reference in the shape of an aggregated row (one run)."""
+    return aggregate([run]) | {"seeds": []}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -282,39 +531,49 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=["alexnet2d", "cnn2d", "lenet3d", "cnn3d"],
-        help="registered model names (default: %(default)s)",
+        metavar="ROW",
+        default=list(DEFAULT_ROWS),
+        help="CNN rows in table order: NAME (params.yaml's train_<dim> recipe, model swapped) or "
+        "NAME:seed (the original study's recipe: Adam lr 1e-4 constant, batch 10, 30 epochs 2D / "
+        "20 epochs 3D, weight decay, noise and intensity shift 0) (default: %(default)s)",
     )
     parser.add_argument(
-        "--epochs",
+        "--seeds",
         type=int,
-        help="cross-validation and final-training epochs for every CNN (default: from params)",
+        default=1,
+        help="training seeds per CNN row: params' seed, seed+1, ...; the table reports mean ± std "
+        "over them (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="epochs for every CNN row, both recipes (default: from the recipe)"
     )
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads for every CNN (default: from params)"
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="models benchmarked at once, one process each (default: 1)"
+        "--jobs", type=int, default=1, help="(row, seed) runs at once, one process each (default: 1)"
     )
     parser.add_argument("--out", type=Path, help="markdown table (default: reports/benchmark.md)")
-    parser.add_argument("--json", type=Path, help="the same as JSON (default: reports/benchmark.json)")
+    parser.add_argument("--json", type=Path, help="runs and rows as JSON (default: reports/benchmark.json)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    for option in ("epochs", "threads", "jobs"):
+    for option in ("epochs", "threads", "jobs", "seeds"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
-    for name in args.models:
-        model_dim(name)  # an unknown name fails before hours of work
+    specs = [parse_row(text) for text in args.models]  # an unknown name fails before hours of work
+    if len(set(specs)) < len(specs):
+        parser.error(f"--models names a row twice: {' '.join(args.models)}")
     seed = shared_seed(args.params)
     base = train_sections(args.params)
-    cv_params = section(CrossValidateParams, "cross_validate", args.params)
     evaluate = section(EvaluateParams, "evaluate", args.params)
     if args.build is not None:
         data = BenchmarkData(args.build)
         ready = all((data.arrays(layout) / "index.csv").is_file() for layout in ("2d", "3d"))
         if not (args.reuse_data and ready and data.splits.is_file()):
-            build_benchmark_data(data, args.params, args.patients, args.cohort_seed, args.workers)
+            build_benchmark_data(
+                data, args.params, patients=args.patients, cohort_seed=args.cohort_seed, workers=args.workers
+            )
         defaults = {
             "data_2d": data.arrays("2d"),
             "data_3d": data.arrays("3d"),
@@ -337,21 +596,37 @@ def main(argv: list[str] | None = None) -> None:
         "2d": load_cohort(args.data_2d, args.splits, "2d"),
         "3d": load_cohort(args.data_3d, args.splits, "3d"),
     }
-    rows = [histogram_reference(cohorts["3d"], evaluate, seed)]
-    jobs: list[Job] = []
-    for name in args.models:
-        dim = model_dim(name)
-        params = dataclasses.replace(base[dim], model=name)
-        epochs = cv_params.epochs_2d if dim == "2d" else cv_params.epochs_3d
-        if args.epochs is not None:
-            params, epochs = dataclasses.replace(params, epochs=args.epochs), args.epochs
-        if args.threads is not None:
-            params = dataclasses.replace(params, threads=args.threads)
-        jobs.append((cohorts[dim], params, epochs, evaluate, seed, args.verbose))
-    rows += run_jobs(jobs, args.jobs)
+    seeds = [seed + i for i in range(args.seeds)]
+    reference = histogram_reference(cohorts["3d"], evaluate, seed)
+    jobs = [
+        Job(
+            cohort=cohorts[spec.dim],
+            params=row_params(spec, base, epochs=args.epochs, threads=args.threads),
+            spec=spec,
+            seed=training_seed,
+            evaluate=evaluate,
+            bootstrap_seed=seed,
+            verbose=args.verbose,
+        )
+        for spec in specs
+        for training_seed in seeds
+    ]
+    runs = run_jobs(jobs, args.jobs)
+    rows = [_reference_row(reference)]
+    for index in range(len(specs)):
+        rows.append(aggregate(runs[index * len(seeds) : (index + 1) * len(seeds)]))
     splits = cohorts["2d"].splits
-    table = markdown_table(rows, len(splits), int((splits["split"] == "test").sum()))
-    write_json(args.json, rows)
+    table = markdown_table(
+        rows,
+        cohort_size=len(splits),
+        test_size=int((splits["split"] == "test").sum()),
+        folds=len(cohorts["2d"].folds),
+        seeds=seeds,
+    )
+    write_json(
+        args.json,
+        {"seeds": seeds, "bootstrap_seed": seed, "rows": rows, "runs": [reference, *runs]},
+    )
     write_text(args.out, table)
     log.info("benchmark table written to %s\n%s", args.out, table)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from metastases.arrays import build_arrays
 from metastases.cli import configure_logging, stage_parser
 from metastases.montage import sample_montage
-from metastases.params import VolumeParams, section
+from metastases.params import volume_section
 
 log = logging.getLogger("metastases.stage")
 
@@ -26,7 +26,7 @@ def main(layout: str, section_name: str, description: str, argv: Sequence[str] |
         )
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    params = section(VolumeParams, section_name, args.params)
+    params = volume_section(section_name, args.params)
     index = build_arrays(args.interim_dir, args.out_dir, params, layout, workers=max(1, args.workers))
     if layout == "2d":
         sample_montage(args.out_dir, index, args.samples_png)

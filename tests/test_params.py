@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from metastases.params import (
     SplitParams,
     Train3DParams,
     TrainParams,
+    Volume3DParams,
     VolumeParams,
     from_mapping,
+    section,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +30,7 @@ SECTIONS = {
     "ingest": IngestParams,
     "split": SplitParams,
     "slice_2d": VolumeParams,
-    "stack_3d": VolumeParams,
+    "stack_3d": Volume3DParams,
     "train_2d": TrainParams,
     "train_3d": Train3DParams,
     "cross_validate": CrossValidateParams,
@@ -64,3 +67,23 @@ def test_the_readme_seed_faithful_overrides_are_valid_params() -> None:
 def test_an_unknown_lr_schedule_is_one_line_naming_the_choices() -> None:
     with pytest.raises(ParamsError, match=r"train_3d\.lr_schedule: 'step' is not one of constant, cosine"):
         from_mapping(Train3DParams, "train_3d", {"lr_schedule": "step"})
+
+
+def test_params_yaml_is_the_only_source_of_defaults() -> None:
+    """Every dataclass default equals the committed params.yaml value: a section left out of a params file
+    (a notebook, a test) behaves as the pipeline does, and no second set of defaults drifts."""
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, cls in SECTIONS.items():
+        assert set(committed[name]) == {f.name for f in dataclasses.fields(cls)}, name
+        assert cls() == from_mapping(cls, name, committed[name]), name
+
+
+def test_an_unknown_section_or_a_run_cache_blind_key_is_one_clear_line(tmp_path: Path) -> None:
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    misspelt = tmp_path / "params.yaml"
+    misspelt.write_text(yaml.safe_dump({**committed, "splt": {"folds": 3}}))
+    with pytest.raises(ParamsError, match=r"unknown section\(s\) splt; known: seed, demo_cohort"):
+        section(SplitParams, "split", misspelt)
+    for key in ("size", "nfiles"):
+        with pytest.raises(ParamsError, match=rf"stack_3d\.{key}: .*run-cache ignores that key"):
+            from_mapping(VolumeParams, "stack_3d", {key: 64})

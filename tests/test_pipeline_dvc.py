@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -122,3 +123,18 @@ def test_no_identifying_header_value_reaches_any_output(repo):
             data = gzip.decompress(data)
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} leaked into {path.relative_to(repo)}"
+
+
+def test_changing_only_the_in_plane_size_by_exp_run_rebuilds_the_arrays(repo):
+    """DVC's run-cache ignores keys named ``size`` (treeverse/dvc#10296): with ``size`` a change of it
+    alone restored the old arrays ("is cached - skipping run"). ``image_size`` is seen."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny pipeline"], repo)
+    before = np.load(next((repo / "data/processed/3d").glob("*.npy")), mmap_mode="r").shape
+    output = run(["dvc", "exp", "run", "-S", "stack_3d.image_size=40"], repo)
+    assert "stack-3d" in stages_run(output), output
+    assert "Stage 'stack-3d' is cached" not in output
+    shapes = {np.load(p, mmap_mode="r").shape for p in (repo / "data/processed/3d").glob("*.npy")}
+    assert before == (3, 20, 32, 32) and shapes == {(3, 20, 40, 40)}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["stack-3d"]["params"]["params.yaml"]["stack_3d"]["image_size"] == 40

@@ -21,6 +21,7 @@ from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
 from metastases.params import CrossValidateParams, EvaluateParams, Train3DParams, TrainParams
 from metastases.training.checkpoint import load_ensemble
 from metastases.training.cohort import load_cohort
+from metastases.training.crossval import chance_loss, has_learned
 from metastases.training.dataset import Augmentation, PatientArrays
 from metastases.training.workflow import TrainOutputs, run_training
 
@@ -210,7 +211,7 @@ def test_a_fold_or_split_with_one_class_is_refused(cohort: dict[str, Path], tmp_
     one_class_fold = splits.copy()
     one_class_fold.loc[(one_class_fold["split"] == "train") & (one_class_fold["label"] == 1), "fold"] = 0
     one_class_fold.to_csv(tmp_path / "folds.csv", index=False)
-    with pytest.raises(UserError, match="validation fold 1 has only normal"):
+    with pytest.raises(UserError, match="training folds without 0 has only normal: add patients"):
         run_training(cohort["2d"], tmp_path / "folds.csv", PARAMS["2d"], SEED, _outputs(tmp_path, "2d"))
     assert not (tmp_path / "models/2d.pt").exists() and not (tmp_path / "metrics").exists()
     with pytest.raises(UserError, match=r"models/3d.pt not found: rerun train-3d"):
@@ -253,3 +254,44 @@ def test_stage_script_prints_one_error_line_and_exits_non_zero(tmp_path: Path) -
     assert result.stderr.strip().splitlines() == [
         "error: train_2d.model: 'cnn3d' is a 3d model; train_2d needs a 2d model"
     ]
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+def test_each_default_model_learns_a_blob_present_or_absent(tmp_path: Path, dim: str) -> None:
+    """A model that cannot learn at all fails here: 16 easy patients (bright blobs in FLAIR and T1+C in
+    the positives), a few epochs, and the default model of params.yaml must separate its training set."""
+    easy = write_cohort(tmp_path, patients=16, size_2d=32, size_3d=32, folds=2, contrast=4.0, seed=5)
+    params = (TrainParams if dim == "2d" else Train3DParams)(
+        **{**TINY, "epochs": 12, "flip_horizontal": 0.0, "noise_std": 0.0, "intensity_shift": 0.0}
+    )
+    cohort = load_cohort(easy[dim], easy["splits"], dim)
+    train = cohort.part("train")
+    from metastases.training.loop import fit
+
+    fitted = fit(easy[dim], train, train, params, params.epochs, SEED, torch.device("cpu"),
+                 cohort.sample_shape(train), "overfit")  # fmt: skip
+    assert fitted.epochs[-1].val_auc == 1.0, fitted.epochs[-1]
+    assert fitted.epochs[-1].train_loss < 0.5 * np.log(2)
+
+
+def test_a_model_stuck_at_chance_is_retried_then_flagged_and_left_out(
+    cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    # a learning rate this small cannot move the weights: every fold model stays at chance
+    stuck = Train3DParams(**{**TINY, "lr": 1e-9, "restarts": 1})
+    outputs = _outputs(tmp_path, "3d")
+    metrics = run_training(cohort["3d"], cohort["splits"], stuck, SEED, outputs)
+    assert metrics["learned"] is False and metrics["folds_not_learned"] == 3
+    assert metrics["restarts_used"] == 3  # one retry per fold, from another initialisation
+    assert all(metrics[f"fold{k}"]["attempts"] == 2 and not metrics[f"fold{k}"]["learned"] for k in range(3))
+    ensemble = load_ensemble(outputs.model, "cnn3d", "3d", SHAPES["3d"], "train-3d")
+    assert not ensemble.learned and len(ensemble.members) == 3  # none learned: all kept, and said so
+    cv_out = CrossValidateOutputs(tmp_path / "cv.json", tmp_path / "cv.csv", tmp_path / "plots")
+    summary = run_cross_validation({"3d": outputs.model}, PARAMS, CrossValidateParams(), cv_out)
+    assert summary["3d"]["learned"] is False and summary["3d"]["folds_not_learned"] == 3
+
+
+def test_chance_loss_is_the_entropy_of_the_class_prior() -> None:
+    assert chance_loss(np.array([0, 1, 0, 1])) == pytest.approx(np.log(2))
+    assert chance_loss(np.array([0, 0, 0, 1])) == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
+    assert has_learned(0.5, np.array([0, 1])) and not has_learned(0.65, np.array([0, 1]))

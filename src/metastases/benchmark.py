@@ -69,10 +69,10 @@ from metastases.params import (
     IngestParams,
     SplitParams,
     TrainParams,
-    VolumeParams,
     section,
     shared_seed,
     train_sections,
+    volume_section,
 )
 from metastases.splits import make_splits
 from metastases.training.checkpoint import Ensemble, FoldModel
@@ -168,7 +168,7 @@ def build_benchmark_data(
     )
     write_csv(data.splits, splits)
     for layout, name in (("2d", "slice_2d"), ("3d", "stack_3d")):
-        params = section(VolumeParams, name, params_path)
+        params = volume_section(name, params_path)
         build_arrays(data.interim, data.arrays(layout), params, layout, workers=workers)
 
 

@@ -78,15 +78,15 @@ class IngestParams:
     out_dir: str = "data/interim"
     workers: int = 2
     patient_key: str = "folder"
-    salt: str = ""
+    salt: str = "change-me"
     label_prefixes: dict[str, str] = dataclasses.field(
         default_factory=lambda: {"mts": "metastases", "norma": "normal"}
     )
     sequences: dict[str, list[str]] = dataclasses.field(
         default_factory=lambda: {
-            "flair": ["flair"],
+            "flair": ["flair", r"dark[ _-]?fluid", "tirm"],
             "t2": [r"t2(?!.*(flair|\*|star|gre|swi))"],
-            "t1c": [r"t1.*(\+ ?c|gd|gad|post|contrast)"],
+            "t1c": [r"t1.*(\+ ?c|gd|gad|post|contrast|ce\b|\bc\b)", r"mprage.*(gd|post|\+c)"],
         }
     )
     spacing_tolerance: float = 0.1
@@ -141,9 +141,7 @@ class VolumeParams:
 
     def __post_init__(self) -> None:
         section = SECTION_PLACEHOLDER  # from_mapping names the real section (slice_2d or stack_3d)
-        _require(
-            self.image_size >= 32, f"{section}.image_size: must be at least 32, got {self.image_size}"
-        )
+        _require(self.image_size >= 32, f"{section}.image_size: must be at least 32, got {self.image_size}")
         _require(self.depth >= 2, f"{section}.depth: must be at least 2, got {self.depth}")
         _choice(section, "depth_mode", self.depth_mode, ("seed", "resample"))
         if self.depth_mode == "seed":
@@ -154,6 +152,19 @@ class VolumeParams:
         _choice(section, "normalise", self.normalise, ("zscore", "minmax", "none"))
         low, high = self.clip_percentiles
         _require(0 <= low < high <= 100, f"{section}.clip_percentiles: need 0 <= low < high <= 100")
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume3DParams(VolumeParams):
+    """``stack_3d``: the knobs of ``slice_2d``, smaller in-plane by default (3D convolutions cost more)."""
+
+    image_size: int = 64
+
+
+def volume_section(name: str, path: str | Path = "params.yaml") -> VolumeParams:
+    """``slice_2d`` or ``stack_3d`` of params.yaml, each with its own defaults."""
+    cls = Volume3DParams if name == "stack_3d" else VolumeParams
+    return section(cls, name, path)
 
 
 def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> T:
@@ -206,9 +217,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ParamsError(f"{path}: expected a mapping of sections")
     unknown = sorted(str(name) for name in data if name not in SECTIONS)
     if unknown:
-        raise ParamsError(
-            f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
-        )
+        raise ParamsError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     return data
 
 
@@ -236,9 +245,9 @@ class TrainParams:
     """
 
     model: str = "cnn2d"
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 8
-    lr: float = 0.001
+    lr: float = 0.003
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0001
     restarts: int = 2
@@ -246,9 +255,11 @@ class TrainParams:
     flip_vertical: float = 0.0
     noise_std: float = 0.1
     intensity_shift: float = 0.1
+    rotate_degrees: float = 0.0
+    scale: float = 0.0
     device: str = "auto"
-    threads: int = 2
-    num_workers: int = 0
+    threads: int = 1
+    num_workers: int = 1
     deterministic: bool = True
 
     def __post_init__(self) -> None:
@@ -271,6 +282,11 @@ class TrainParams:
         shift = self.intensity_shift
         _require(shift >= 0, f"{name}.intensity_shift: must be >= 0, got {shift}")
         _require(
+            0 <= self.rotate_degrees <= 180,
+            f"{name}.rotate_degrees: must be in [0, 180], got {self.rotate_degrees}",
+        )
+        _require(0 <= self.scale < 1, f"{name}.scale: must be in [0, 1), got {self.scale}")
+        _require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"{name}.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N",
         )
@@ -290,6 +306,7 @@ class TrainParams:
 @dataclasses.dataclass(frozen=True)
 class Train3DParams(TrainParams):
     model: str = "cnn3d"
+    epochs: int = 40
 
     @property
     def section_name(self) -> str:

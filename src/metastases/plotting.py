@@ -45,7 +45,11 @@ def plot_cv_loss(table: pd.DataFrame, title: str, path: Path) -> None:
             ax.plot(table["epoch"], table[column], color=colour, alpha=0.3, lw=1)
     ax.plot(table["epoch"], table["train_loss"], color="tab:blue", lw=2.5, label="train, mean over folds")
     ax.plot(
-        table["epoch"], table["validation_loss"], color="tab:orange", lw=2.5, label="validation, mean over folds"
+        table["epoch"],
+        table["validation_loss"],
+        color="tab:orange",
+        lw=2.5,
+        label="validation, mean over folds",
     )
     ax.axhline(math.log(2), color="grey", ls="--", lw=1, label="chance (ln 2)")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss per fold (thin) and mean")

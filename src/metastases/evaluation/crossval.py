@@ -97,7 +97,9 @@ def run_cross_validation(
     oof = pd.concat(predictions, ignore_index=True)
     for dim in model_paths:
         dim_oof = oof[oof["model"] == dim]
-        write_csv(outputs.plots_dir / "cv_roc" / f"model_{dim}.csv", roc_table(dim_oof["label"], dim_oof["score"]))
+        write_csv(
+            outputs.plots_dir / "cv_roc" / f"model_{dim}.csv", roc_table(dim_oof["label"], dim_oof["score"])
+        )
     write_csv(outputs.predictions, oof)
     write_json(outputs.metrics, summary)
     return summary

@@ -95,7 +95,9 @@ def run_evaluation(
         loader = make_loader(PatientArrays(array_dir, test), model_params.batch_size, False, seed, 0, device)
         scores = ensemble_scores(ensemble, loader, device)
         if not ensemble.learned:
-            log.error("evaluate %s: no fold model of %s learned; its scores are chance", dim, model_params.model)
+            log.error(
+                "evaluate %s: no fold model of %s learned; its scores are chance", dim, model_params.model
+            )
         labels = test["label"].to_numpy()
         value = auc(labels, scores)
         low, high = bootstrap_auc_ci(labels, scores, params.bootstrap, params.ci, seed)

@@ -92,7 +92,9 @@ def check_model(name: str, dim: str, section: str) -> None:
         choices = ", ".join(n for n, spec in MODELS.items() if spec.dim == dim)
         raise ParamsError(f"{section}.model: {name!r} is not one of {choices}")
     if MODELS[name].dim != dim:
-        raise ParamsError(f"{section}.model: {name!r} is a {MODELS[name].dim} model; {section} needs a {dim} model")
+        raise ParamsError(
+            f"{section}.model: {name!r} is a {MODELS[name].dim} model; {section} needs a {dim} model"
+        )
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -> nn.Module:

@@ -31,6 +31,8 @@ from torch import nn
 from metastases.models.layers import conv_stages
 
 POOLINGS = ("lse", "max", "mean")
+OUTSIDE = -20.0
+"""Score of a location outside the brain mask: a logit no pooling or loss will pick."""
 
 
 class MILNet(nn.Module):
@@ -59,6 +61,7 @@ class MILNet(nn.Module):
         sharpness: float = 4.0,
         dropout: float = 0.1,
         negative_weight: float = 0.0,
+        brain_margin: float = 0.0,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -76,6 +79,7 @@ class MILNet(nn.Module):
         # log r is learned, so the pool may sharpen towards a maximum as the detector gets confident
         self.log_sharpness = nn.Parameter(torch.tensor(math.log(sharpness)))
         self.negative_weight = negative_weight
+        self.brain_margin = brain_margin
         self._maps: torch.Tensor | None = None
 
     def auxiliary_loss(self, labels: torch.Tensor) -> torch.Tensor | None:
@@ -84,19 +88,49 @@ class MILNet(nn.Module):
         if maps is None or not self.negative_weight:
             return None
         negatives = maps[labels == 0]
-        if negatives.numel() == 0:
+        inside = negatives > OUTSIDE
+        if not bool(inside.any()):
             return maps.sum() * 0.0
-        return self.negative_weight * nn.functional.softplus(negatives).mean() * negatives.shape[0] / len(labels)
+        share = negatives.shape[0] / len(labels)
+        return self.negative_weight * nn.functional.softplus(negatives[inside]).mean() * share
+
+    def brain_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, D, S, S]`` bool: inside the head, at least ``brain_margin * S`` pixels from its outline.
+
+        The head is every voxel brighter than the sample's background (its minimum) by half a standard
+        deviation in any sequence; eroding it in-plane removes the scalp and skull, whose bright edges
+        otherwise look like lesion rims to a local detector. All True when ``brain_margin`` is 0.
+        """
+        batch, size = x.shape[0], x.shape[-1]
+        volume = x.reshape(batch, self.sequences, -1, size, size)
+        background = volume.flatten(1).amin(dim=1).view(batch, 1, 1, 1)
+        head = volume.amax(dim=1) > background + 0.5  # [B, D, S, S]
+        radius = round(self.brain_margin * size)
+        if radius < 1:
+            return head | True
+        outside = (~head).float().flatten(0, 1)[:, None]  # [B * D, 1, S, S]
+        grown = nn.functional.max_pool2d(outside, 2 * radius + 1, stride=1, padding=radius)
+        return (grown[:, 0] < 0.5).reshape(head.shape)
 
     def evidence(self, x: torch.Tensor) -> torch.Tensor:
-        """Location scores (logits): ``[B, D, h, w]`` for 2D (one map per slice), ``[B, d, h, w]`` for 3D."""
+        """Location scores (logits): ``[B, D, h, w]`` for 2D (one map per slice), ``[B, d, h, w]`` for 3D.
+
+        Locations outside the brain mask (:meth:`brain_mask`) score :data:`OUTSIDE`.
+        """
         if self.spatial_dims == 2:
             batch, channels, height, width = x.shape
             depth = channels // self.sequences
             slices = x.reshape(batch, self.sequences, depth, height, width).transpose(1, 2)
             maps = self.score(self.encoder(slices.reshape(batch * depth, self.sequences, height, width)))
-            return maps.reshape(batch, depth, *maps.shape[-2:])
-        return self.score(self.encoder(x))[:, 0]
+            maps = maps.reshape(batch, depth, *maps.shape[-2:])
+        else:
+            maps = self.score(self.encoder(x))[:, 0]
+        if self.brain_margin <= 0:
+            return maps
+        with torch.no_grad():
+            mask = self.brain_mask(x).float()
+            inside = nn.functional.interpolate(mask[:, None], size=maps.shape[1:], mode="trilinear") > 0.5
+        return torch.where(inside[:, 0], maps, torch.full_like(maps, OUTSIDE))
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """One logit per patient from its location scores."""

@@ -7,12 +7,14 @@ same run gives the same augmented samples whatever the number of loader workers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from metastases.params import SEQUENCES, TrainParams
@@ -26,10 +28,32 @@ class Augmentation:
     flip_vertical: float = 0.0
     noise_std: float = 0.1
     intensity_shift: float = 0.1
+    rotate_degrees: float = 0.0
+    scale: float = 0.0
 
     @classmethod
     def from_params(cls, params: TrainParams) -> Augmentation:
-        return cls(params.flip_horizontal, params.flip_vertical, params.noise_std, params.intensity_shift)
+        return cls(
+            params.flip_horizontal,
+            params.flip_vertical,
+            params.noise_std,
+            params.intensity_shift,
+            params.rotate_degrees,
+            params.scale,
+        )
+
+    def _affine(self, tensor: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """One random in-plane rotation and isotropic scaling for every slice and sequence (bilinear;
+        outside the image: the sample's minimum, i.e. background)."""
+        angle = math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
+        zoom = 1.0 + rng.uniform(-self.scale, self.scale)
+        planes = tensor.reshape(1, -1, *tensor.shape[-2:])
+        background = float(planes.min())
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        theta = torch.tensor([[[cos, -sin, 0.0], [sin, cos, 0.0]]], dtype=planes.dtype)
+        grid = nn.functional.affine_grid(theta, list(planes.shape), align_corners=False)
+        moved = nn.functional.grid_sample(planes - background, grid, mode="bilinear", align_corners=False)
+        return (moved + background).reshape(tensor.shape)
 
     def __call__(self, sample: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         """Augment one stored sample, ``[60, S, S]`` or ``[3, 20, S, S]``; returns a new float32 tensor.
@@ -44,6 +68,8 @@ class Augmentation:
         if rng.random() < self.flip_vertical:
             out = out[..., ::-1, :]
         tensor = torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: the memory map stays untouched
+        if self.rotate_degrees > 0 or self.scale > 0:
+            tensor = self._affine(tensor, rng)
         if self.intensity_shift > 0:
             shifts = rng.uniform(-self.intensity_shift, self.intensity_shift, size=len(SEQUENCES))
             tensor.view(len(SEQUENCES), -1).add_(torch.from_numpy(shifts.astype(np.float32))[:, None])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def build_arrays(
     params: VolumeParams,
     layout: str,
     workers: int = 1,
-    progress: Callable[..., object] = tqdm,
+    progress: Callable[..., Iterable[str]] = tqdm,
 ) -> pd.DataFrame:
     """Write one array per ready patient into a fresh ``out_dir`` plus ``index.csv`` (patient, label).
 

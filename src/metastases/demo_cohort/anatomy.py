@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import math
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -61,7 +62,7 @@ class Template:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.fractions["wm"].shape  # type: ignore[return-value]
+        return self.fractions["wm"].shape
 
     def mm_to_voxel(self, points_mm: np.ndarray) -> np.ndarray:
         """RAS mm ``(..., 3)`` -> fractional voxel indices ``(..., 3)``."""
@@ -128,7 +129,7 @@ def _read(name: str) -> tuple[np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec(TEMPLATE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"the brain template needs the {TEMPLATE_PACKAGE} package; run `make install`")
-    image = nib.load(Path(spec.submodule_search_locations[0]) / TEMPLATE_FILES[name])
+    image = cast(nib.Nifti1Image, nib.load(Path(spec.submodule_search_locations[0]) / TEMPLATE_FILES[name]))
     return np.asarray(image.dataobj), image.affine
 
 
@@ -147,7 +148,9 @@ def _head_distance(brain: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, s
     full = ndimage.zoom(distance[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], 2.0, order=1)
     # Coarse voxel i sits at fine voxel 2i; clip the box to the fine grid.
     stop = np.minimum(2 * lo + np.asarray(full.shape), brain.shape)
-    box = tuple(slice(int(2 * a), int(b)) for a, b in zip(lo, stop, strict=True))
+    box = cast(
+        tuple[slice, slice, slice], tuple(slice(int(2 * a), int(b)) for a, b in zip(lo, stop, strict=True))
+    )
     return np.ascontiguousarray(full[tuple(slice(0, b.stop - b.start) for b in box)]), box
 
 

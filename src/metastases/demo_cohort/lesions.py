@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 
@@ -126,7 +127,7 @@ def lesion_fractions(lesion: Lesion, template: Template) -> LesionFractions:
     centre_voxel = template.mm_to_voxel(lesion.centre)
     lo = np.maximum(np.floor(centre_voxel - reach).astype(int), 0)
     hi = np.minimum(np.ceil(centre_voxel + reach).astype(int) + 1, template.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    box = cast(tuple[slice, slice, slice], tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
     grid = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij"), axis=-1)
     offset = (grid - centre_voxel).astype(np.float32)  # 1 mm voxels: voxel offsets are mm
     # Sums in a fixed order, elementwise: a matrix product would go through BLAS (CPU-dependent order).

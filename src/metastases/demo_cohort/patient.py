@@ -330,13 +330,15 @@ def _file_paths(plan: PatientPlan, root: Path, rng: np.random.Generator) -> list
         return [[patient / f"IM{next(numbers):05d}" for _ in range(count)] for count in counts]
     paths = []
     for k, (series, count) in enumerate(zip(plan.series, counts, strict=True)):
-        numbers = shuffled_numbers(rng, count)
+        series_numbers = shuffled_numbers(rng, count)
         if plan.layout == "nested":
             folder = patient / "DICOM" / "ST00001" / f"SE{k + 1:05d}"
-            paths.append([folder / f"IM{n:05d}" for n in numbers])
+            paths.append([folder / f"IM{n:05d}" for n in series_numbers])
         else:
             folder = patient / series_folder_name(series.naming, plan.folder_style)
-            paths.append([folder / f"IM-{series.naming.series_number:04d}-{n:04d}.dcm" for n in numbers])
+            paths.append(
+                [folder / f"IM-{series.naming.series_number:04d}-{n:04d}.dcm" for n in series_numbers]
+            )
     return paths
 
 

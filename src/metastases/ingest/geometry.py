@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -91,7 +92,7 @@ def _floats(value: object, count: int) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        values = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        values = tuple(float(v) for v in cast(Iterable[Any], value))
     except (TypeError, ValueError):
         return None
     return values if len(values) == count else None

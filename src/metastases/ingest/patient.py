@@ -101,6 +101,7 @@ def _candidates(
     patterns = compile_patterns(params.sequences)
     found: dict[str, list[_Candidate]] = {name: [] for name in SEQUENCES}
     for series in series_list:
+        reason: str | None
         defects = [(file.label, *file.defect) for file in series.files if file.defect is not None]
         if defects:
             label, kind, why = defects[0]

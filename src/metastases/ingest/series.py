@@ -86,7 +86,7 @@ def choice_order(candidates: Sequence[tuple[Series, int]]) -> list[int]:
         range(len(candidates)),
         key=lambda i: (
             -candidates[i][1],
-            -(candidates[i][0].number if candidates[i][0].number is not None else -1),
+            -(number if (number := candidates[i][0].number) is not None else -1),
             i,
         ),
     )

@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml commands say `python`: the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run demo test lint typecheck push pull benchmark report plots
+.PHONY: install run demo test test-fast lint typecheck push pull benchmark report plots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ typecheck: install
 test: lint typecheck
 	$(BIN)/pytest -q
 
+# The inner loop: lint and the tests not marked slow (no end-to-end dvc CLI runs), about a minute.
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow"
+
 # Share data, models and results through the DVC remote (default: core.remote in .dvc/config, REMOTE=<name>
 # for another). The remote is checked first: a missing or unreachable one is one line naming it and the fix.
 push: install
@@ -55,7 +59,8 @@ pull: install
 	$(BIN)/python -m metastases.remote pull $(if $(REMOTE),--remote $(REMOTE))
 
 # Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built
-# from scratch under data/benchmark/; the table lands in data/benchmark/benchmark.md (about 40 min on 2 cores).
+# from scratch under data/benchmark/, 3 training seeds; the table lands in data/benchmark/benchmark.md (several hours
+# on 2 cores: see docs/benchmark.md).
 benchmark: install
 	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1
 

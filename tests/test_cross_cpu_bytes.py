@@ -4,7 +4,7 @@
 (``OPENBLAS_CORETYPE``: Haswell with FMA, Sandybridge without) or with numpy's SIMD dispatch cut down
 (``NPY_DISABLE_CPU_FEATURES``: no AVX-512, then the baseline only). A matrix product, an ``einsum``, a
 LAPACK inverse or numpy's float64 ``exp`` in the data path changes some bytes under one of these
-(docs/notes/bytes.md); this test lists the files that differ.
+(docs/reproducibility.md); this test lists the files that differ.
 """
 
 from __future__ import annotations

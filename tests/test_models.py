@@ -116,6 +116,18 @@ def test_slice_mil_makes_one_instance_per_slice_with_the_sequences_as_channels()
             assert values == [float(k), 100.0 + k, 200.0 + k]
 
 
+def test_slice_mil_with_context_adds_the_neighbouring_slices_repeating_the_ends() -> None:
+    sequences, depth = 3, 20
+    channel_values = torch.tensor([100.0 * s + k for s in range(sequences) for k in range(depth)])
+    x = channel_values[None, :, None, None].expand(1, -1, 4, 4)
+    instances = SliceMIL(sequences * depth, context=1).instances(x)
+    assert instances.shape == (depth, 3 * sequences, 4, 4)
+    for k in (0, 7, depth - 1):
+        below, above = max(k - 1, 0), min(k + 1, depth - 1)
+        expected = [100.0 * s + j for j in (below, k, above) for s in range(sequences)]
+        assert instances[k, :, 0, 0].tolist() == expected
+
+
 def test_slice_mil_ignores_the_order_of_slices() -> None:
     # max over slices: the patient's score does not depend on which slice holds the lesion
     torch.manual_seed(0)

@@ -39,8 +39,8 @@ TINY_PARAMS = {
     "split": {"test_fraction": 0.34, "folds": 2},
     "slice_2d": {"image_size": 32},
     "stack_3d": {"image_size": 32},
-    "train_2d": {"epochs": 1, "batch_size": 4, "num_workers": 0, "restarts": 0},
-    "train_3d": {"epochs": 1, "batch_size": 4, "num_workers": 0, "restarts": 0},
+    "train_2d": {"epochs": 1, "batch_size": 4, "num_workers": 0, "restarts": 0, "parallel_folds": 1},
+    "train_3d": {"epochs": 1, "batch_size": 4, "num_workers": 0, "restarts": 0, "parallel_folds": 1},
     "evaluate": {"bootstrap": 200},
 }
 DEMO_COHORT = ["--patients", "12", "--seed", "3", "--size-scale", "0.25", "--workers", "2"]

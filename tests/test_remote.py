@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REMOTE_HELP = "docs/notes/remote.md"
+REMOTE_HELP = "docs/sharing.md"
 BUCKET = "metastases-test"
 
 SUMMARISE = """\

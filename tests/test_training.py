@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu", "restarts": 0}
+TINY = {
+    "epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu", "restarts": 0, "parallel_folds": 1,
+}  # fmt: skip
 PARAMS = {"2d": TrainParams(**TINY), "3d": Train3DParams(**TINY)}
 SEED = 42
 SHAPES = {"2d": (60, 32, 32), "3d": (3, 20, 32, 32)}
@@ -93,15 +95,16 @@ def test_flip_and_per_sequence_shift_act_as_specified(cohort: dict[str, Path]) -
 
 def test_training_twice_gives_identical_metrics_and_curves(cohort: dict[str, Path], tmp_path: Path) -> None:
     runs = []
-    for name, workers in (("a", 0), ("b", 0), ("c", 1)):
-        params = TrainParams(**{**TINY, "num_workers": workers})
+    for name, workers, folds in (("a", 0, 1), ("b", 0, 1), ("c", 1, 1), ("d", 0, 2)):
+        params = TrainParams(**{**TINY, "num_workers": workers, "parallel_folds": folds})
         outputs = _outputs(tmp_path / name, "2d")
         runs.append(run_training(cohort["2d"], cohort["splits"], params, SEED, outputs))
         assert json.loads(outputs.metrics.read_text()) == runs[-1]
-    assert runs[0] == runs[1] == runs[2]  # same numbers with a loader worker too
-    assert (tmp_path / "a/models/2d.pt").read_bytes() == (tmp_path / "b/models/2d.pt").read_bytes()
-    curves = [pd.read_csv(tmp_path / n / "plots/train/model_2d.csv") for n in "abc"]
-    assert curves[0].equals(curves[1]) and curves[0].equals(curves[2])
+    assert runs[0] == runs[1] == runs[2] == runs[3]  # same numbers with a loader worker, folds in parallel
+    for other in "bd":
+        assert (tmp_path / "a/models/2d.pt").read_bytes() == (tmp_path / other / "models/2d.pt").read_bytes()
+    curves = [pd.read_csv(tmp_path / n / "plots/train/model_2d.csv") for n in "abcd"]
+    assert all(curves[0].equals(other) for other in curves[1:])
     folds = [f"{kind}_fold{k}" for k in range(3) for kind in ("train", "val")]
     assert list(curves[0].columns) == ["epoch", *folds, "train_loss", "validation_loss", "validation_auc"]
     assert len(curves[0]) == TINY["epochs"]

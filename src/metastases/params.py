@@ -158,7 +158,7 @@ class VolumeParams:
 class Volume3DParams(VolumeParams):
     """``stack_3d``: the knobs of ``slice_2d``, smaller in-plane by default (3D convolutions cost more)."""
 
-    image_size: int = 64
+    image_size: int = 96
 
 
 def volume_section(name: str, path: str | Path = "params.yaml") -> VolumeParams:
@@ -260,6 +260,7 @@ class TrainParams:
     device: str = "auto"
     threads: int = 1
     num_workers: int = 1
+    parallel_folds: int = 2
     deterministic: bool = True
 
     def __post_init__(self) -> None:
@@ -292,6 +293,8 @@ class TrainParams:
         )
         _require(self.threads >= 1, f"{name}.threads: must be at least 1, got {self.threads}")
         _require(self.num_workers >= 0, f"{name}.num_workers: must be >= 0, got {self.num_workers}")
+        folds = self.parallel_folds
+        _require(folds >= 1, f"{name}.parallel_folds: must be at least 1, got {folds}")
 
     @property
     def section_name(self) -> str:
@@ -306,7 +309,9 @@ class TrainParams:
 @dataclasses.dataclass(frozen=True)
 class Train3DParams(TrainParams):
     model: str = "cnn3d"
-    epochs: int = 40
+    epochs: int = 80
+    rotate_degrees: float = 15.0
+    scale: float = 0.1
 
     @property
     def section_name(self) -> str:

@@ -9,7 +9,7 @@
 * then DVC runs; if it fails, its own reason is given in the same single line.
 
 Nothing is written before the checks pass, so a bad remote leaves the workspace and the remote as they were.
-The configuration itself stays DVC's: ``dvc remote add/modify`` (docs/notes/remote.md).
+The configuration itself stays DVC's: ``dvc remote add/modify`` (docs/sharing.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from metastases.errors import UserError
 
 log = logging.getLogger(__name__)
 
-HELP = "docs/notes/remote.md"
+HELP = "docs/sharing.md"
 CONNECT_TIMEOUT_S = 5.0
 
 

@@ -9,7 +9,7 @@ the same anatomy, which the original study (fitting each sequence's depth on its
 Affine arithmetic is written out elementwise in a fixed order (:func:`apply_affine`,
 :func:`affine_inverse`), never as ``@``/``np.dot``/``np.linalg.inv`` (nibabel's ``apply_affine`` and
 ``as_closest_canonical`` use them): BLAS and LAPACK sum in an order that depends on the CPU kernel, and
-the arrays must be the same bytes on any CPU (docs/notes/bytes.md).
+the arrays must be the same bytes on any CPU (docs/reproducibility.md).
 """
 
 from __future__ import annotations

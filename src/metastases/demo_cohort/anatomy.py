@@ -6,7 +6,7 @@ Every array in :class:`Template` has the template's voxel grid and holds a tissu
 
 Geometry here is summed in a fixed order (:func:`transform`, :func:`matmul3`, :func:`inverse3`), never
 through BLAS/LAPACK (``@``, ``np.linalg``), whose summation order depends on the CPU kernel: the cohort's
-bytes must be the same on any CPU (docs/notes/bytes.md).
+bytes must be the same on any CPU (docs/reproducibility.md).
 """
 
 from __future__ import annotations

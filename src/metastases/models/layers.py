@@ -24,7 +24,7 @@ def conv_stages(
     previous = in_channels
     for width, stride in zip(channels, strides, strict=True):
         layers += [
-            conv(previous, width, kernel_size=3, stride=stride, padding=1, bias=False),
+            conv(previous, width, kernel_size=3, stride=stride, padding=1, bias=False),  # type: ignore[arg-type]
             norm(width),
             nn.ReLU(inplace=True),
         ]

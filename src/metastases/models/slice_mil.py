@@ -32,6 +32,8 @@ class SliceMIL(nn.Module):
         sequences: int = 3,
         num_classes: int = 2,
         channels: tuple[int, ...] = (8, 16, 32),
+        strides: tuple[int, ...] = (2, 2, 2),
+        context: int = 0,
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
@@ -39,14 +41,22 @@ class SliceMIL(nn.Module):
             raise ValueError(f"in_channels {in_channels} is not a multiple of {sequences} sequences")
         self.sequences = sequences
         self.depth = in_channels // sequences
-        self.encoder = conv_stages(2, sequences, channels, [2] * len(channels))
+        self.context = context
+        self.encoder = conv_stages(2, sequences * (2 * context + 1), channels, list(strides))
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(channels[-1], num_classes))
 
     def instances(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, sequences * depth, S, S]`` -> ``[B * depth, sequences, S, S]`` (one instance per slice)."""
+        """``[B, sequences * depth, S, S]`` -> ``[B * depth, sequences * (2 context + 1), S, S]``: one instance
+        per slice, holding its sequences and those of ``context`` neighbours on each side (the first and
+        last slices repeat at the ends)."""
         batch, _, height, width = x.shape
-        slices = x.reshape(batch, self.sequences, self.depth, height, width).transpose(1, 2)
-        return slices.reshape(batch * self.depth, self.sequences, height, width)
+        volume = x.reshape(batch, self.sequences, self.depth, height, width)
+        if self.context:
+            first, last = volume[:, :, :1], volume[:, :, -1:]
+            padded = torch.cat([first] * self.context + [volume] + [last] * self.context, dim=2)
+            volume = torch.cat([padded[:, :, k : k + self.depth] for k in range(2 * self.context + 1)], dim=1)
+        slices = volume.transpose(1, 2)  # [B, depth, channels, S, S]
+        return slices.reshape(batch * self.depth, -1, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(self.instances(x))  # [B * depth, F, h, w]

@@ -4,6 +4,7 @@ scores, and whether each learned."""
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
                 "train_loss": f.train_loss,
                 "train_patients": list(f.train_patients),
                 "val_patients": list(f.val_patients),
-                "state_dict": {k: v.detach().cpu() for k, v in f.model.state_dict().items()},
+                "state_dict": {k: v.detach().cpu().clone() for k, v in f.model.state_dict().items()},
             }
             for f in cv.folds
         ],
@@ -83,6 +84,12 @@ def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
             "fold": [int(v) for v in cv.out_of_fold["fold"]],
         },
     }
+    # pickle shares repeated objects: a JSON round trip gives every string its own object, so folds trained
+    # in this process or in others (parallel_folds) write the same bytes
+    states = [fold.pop("state_dict") for fold in payload["folds"]]
+    payload = json.loads(json.dumps(payload))
+    for fold, state in zip(payload["folds"], states, strict=True):
+        fold["state_dict"] = state
     # torch.save names the archive after the file it writes to; saving to memory first keeps the bytes
     # independent of the temporary name, so the same training gives a byte-identical file (DVC sees no change)
     buffer = io.BytesIO()

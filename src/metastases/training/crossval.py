@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +25,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from metastases.cli import configure_logging
 from metastases.errors import UserError
 from metastases.params import TrainParams
 from metastases.training.cohort import Cohort, require_both_classes
 from metastases.training.loop import EpochRecord, Timing, fit
+from metastases.training.runtime import configure_torch
 
 log = logging.getLogger(__name__)
 
@@ -98,67 +103,114 @@ def fold_seed(seed: int, fold: int, attempt: int) -> int:
     return seed + 1000 * (fold + 1) + 100 * attempt
 
 
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything one fold's training needs, picklable so that folds can train in parallel processes."""
+
+    cohort: Cohort
+    fold: int
+    params: TrainParams
+    epochs: int
+    seed: int
+    device: str
+    shape: tuple[int, ...]
+
+
+def train_fold(job: FoldJob) -> tuple[FoldResult, pd.DataFrame, Timing]:
+    """Train fold ``job.fold``'s model (restarting while it stays at chance) and score its held-out fold."""
+    cohort, fold, params = job.cohort, job.fold, job.params
+    device = torch.device(job.device)
+    train = cohort.part("train", exclude=[fold])
+    validation = cohort.part("train", folds=[fold])
+    timing = Timing()
+    for attempt in range(params.restarts + 1):
+        fold_init = fold_seed(job.seed, fold, attempt)
+        fitted = fit(
+            cohort.array_dir,
+            train,
+            validation,
+            params,
+            job.epochs,
+            fold_init,
+            device,
+            job.shape,
+            description=f"{cohort.layout} fold {fold}" + (f" attempt {attempt + 1}" if attempt else ""),
+        )
+        timing.add(fitted.timing)
+        learned = has_learned(fitted.epochs[-1].train_loss, train["label"])
+        if learned:
+            break
+        log.warning(
+            "%s fold %d: training loss %.3f never left chance (%.3f) with seed %d%s",
+            cohort.layout, fold, fitted.epochs[-1].train_loss, chance_loss(train["label"]), fold_init,
+            "; retrying from another initialisation" if attempt < params.restarts else "",
+        )  # fmt: skip
+    assert fitted.val_scores is not None
+    labels = validation["label"].to_numpy()
+    scores = fitted.val_scores
+    result = FoldResult(
+        fold=fold,
+        auc=float(roc_auc_score(labels, scores)),
+        accuracy=float(np.mean((scores >= 0.5) == labels)),
+        n_validation=len(validation),
+        epochs=fitted.epochs,
+        model=fitted.model.cpu(),
+        seed=fold_init,
+        attempts=attempt + 1,
+        learned=learned,
+        train_patients=list(train["patient"]),
+        val_patients=list(validation["patient"]),
+    )
+    return result, validation.assign(score=scores, fold=fold), timing
+
+
+def _init_fold_worker(threads: int, deterministic: bool, device: str) -> None:
+    """A fold process: the stage's logging, thread count and determinism switch."""
+    configure_logging()
+    configure_torch(deterministic, threads, torch.device(device))
+
+
 def cross_validate(
     cohort: Cohort, params: TrainParams, seed: int, device: torch.device, *, epochs: int | None = None
 ) -> CrossValidation:
     """Train one model per fold on the other folds and score the held-out fold.
 
+    With ``params.parallel_folds`` > 1 that many folds train at once, one process each (each fold has its
+    own seed, so the results are those of one fold after another).
+
     Args:
         cohort: arrays and split; only training patients are read.
-        params: model, optimiser, augmentation, ``epochs`` and ``restarts``.
+        params: model, optimiser, augmentation, ``epochs``, ``restarts`` and ``parallel_folds``.
         seed: the shared seed; each fold and attempt derives its own from it.
         device: where to train.
         epochs: overrides ``params.epochs`` (tests, benchmark).
     """
     check_folds(cohort)
     shape = cohort.sample_shape(cohort.part("train"))
-    epochs = params.epochs if epochs is None else epochs
-    results: list[FoldResult] = []
-    out_of_fold: list[pd.DataFrame] = []
-    timing = Timing()
-    for fold in cohort.folds:
-        train = cohort.part("train", exclude=[fold])
-        validation = cohort.part("train", folds=[fold])
-        for attempt in range(params.restarts + 1):
-            fold_init = fold_seed(seed, fold, attempt)
-            fitted = fit(
-                cohort.array_dir,
-                train,
-                validation,
-                params,
-                epochs,
-                fold_init,
-                device,
-                shape,
-                description=f"{cohort.layout} fold {fold}" + (f" attempt {attempt + 1}" if attempt else ""),
-            )
-            timing.add(fitted.timing)
-            learned = has_learned(fitted.epochs[-1].train_loss, train["label"])
-            if learned:
-                break
-            log.warning(
-                "%s fold %d: training loss %.3f never left chance (%.3f) with seed %d%s",
-                cohort.layout, fold, fitted.epochs[-1].train_loss, chance_loss(train["label"]), fold_init,
-                "; retrying from another initialisation" if attempt < params.restarts else "",
-            )  # fmt: skip
-        assert fitted.val_scores is not None
-        labels = validation["label"].to_numpy()
-        scores = fitted.val_scores
-        results.append(
-            FoldResult(
-                fold=fold,
-                auc=float(roc_auc_score(labels, scores)),
-                accuracy=float(np.mean((scores >= 0.5) == labels)),
-                n_validation=len(validation),
-                epochs=fitted.epochs,
-                model=fitted.model,
-                seed=fold_init,
-                attempts=attempt + 1,
-                learned=learned,
-                train_patients=list(train["patient"]),
-                val_patients=list(validation["patient"]),
-            )
+    jobs = [
+        FoldJob(cohort, fold, params, params.epochs if epochs is None else epochs, seed, str(device), shape)
+        for fold in cohort.folds
+    ]
+    processes = min(params.parallel_folds, len(jobs))
+    if processes <= 1:
+        done = [train_fold(job) for job in jobs]
+    else:
+        # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
+        context = multiprocessing.get_context("spawn")
+        init = (params.threads, params.deterministic, str(device))
+        pool = ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_init_fold_worker, initargs=init
         )
-        out_of_fold.append(validation.assign(score=scores, fold=fold))
-    oof = pd.concat(out_of_fold, ignore_index=True)
-    return CrossValidation(folds=results, out_of_fold=oof, timing=timing)
+        try:
+            with pool:
+                done = list(pool.map(train_fold, jobs))
+        except BrokenProcessPool:
+            raise UserError(
+                f"a {cohort.layout} fold process died (out of memory?); nothing was written. "
+                f"Lower {params.section_name}.parallel_folds or batch_size and rerun"
+            ) from None
+    timing = Timing()
+    for _, _, fold_timing in done:
+        timing.add(fold_timing)
+    oof = pd.concat([scored for _, scored, _ in done], ignore_index=True)
+    return CrossValidation(folds=[result for result, _, _ in done], out_of_fold=oof, timing=timing)

@@ -109,10 +109,6 @@ def train_one_epoch(
         timing.data_wait_s += loaded - tick
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             loss = criterion(model(images), labels)
-            auxiliary = getattr(model, "auxiliary_loss", None)
-            extra = auxiliary(labels) if auxiliary is not None else None
-            if extra is not None:
-                loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

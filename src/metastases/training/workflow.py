@@ -79,7 +79,7 @@ def run_training(
     configure_torch(params.deterministic, params.threads, device)
     cv = cross_validate(cohort, params, seed, device)
     learned = cv.learned_folds
-    metrics = {
+    metrics: dict[str, object] = {
         "epochs": params.epochs,
         "folds": len(cv.folds),
         "train_patients": len(cv.out_of_fold),

@@ -265,7 +265,15 @@ def test_each_default_model_learns_a_blob_present_or_absent(tmp_path: Path, dim:
     the positives), a few epochs, and the default model of params.yaml must separate its training set."""
     easy = write_cohort(tmp_path, patients=16, size_2d=32, size_3d=32, folds=2, contrast=4.0, seed=5)
     params = (TrainParams if dim == "2d" else Train3DParams)(
-        **{**TINY, "epochs": 12, "flip_horizontal": 0.0, "noise_std": 0.0, "intensity_shift": 0.0}
+        **{
+            **TINY,
+            "epochs": 12,
+            "flip_horizontal": 0.0,
+            "noise_std": 0.0,
+            "intensity_shift": 0.0,
+            "rotate_degrees": 0.0,
+            "scale": 0.0,
+        }
     )
     cohort = load_cohort(easy[dim], easy["splits"], dim)
     train = cohort.part("train")

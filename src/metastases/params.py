@@ -245,7 +245,7 @@ class TrainParams:
     """
 
     model: str = "cnn2d"
-    epochs: int = 10
+    epochs: int = 40
     batch_size: int = 8
     lr: float = 0.003
     lr_schedule: str = "cosine"
@@ -255,8 +255,8 @@ class TrainParams:
     flip_vertical: float = 0.0
     noise_std: float = 0.1
     intensity_shift: float = 0.1
-    rotate_degrees: float = 0.0
-    scale: float = 0.0
+    rotate_degrees: float = 15.0
+    scale: float = 0.1
     device: str = "auto"
     threads: int = 1
     num_workers: int = 1
@@ -310,8 +310,6 @@ class TrainParams:
 class Train3DParams(TrainParams):
     model: str = "cnn3d"
     epochs: int = 80
-    rotate_degrees: float = 15.0
-    scale: float = 0.1
 
     @property
     def section_name(self) -> str:

@@ -9,8 +9,11 @@ of view, about 15 pixels by 7 slices, holds a 10-20 mm lesion and its surroundin
 all positions makes the patient positive when a lesion is anywhere; a deep network with an
 image-wide field of view instead memorised the training patients (see the benchmark in the README).
 
-Weakly supervised detectors of this kind sit near chance for many epochs before they find the lesion
-(10 to 25 epochs on the 240-patient benchmark cohort), hence the default epochs in params.yaml.
+Weakly supervised detectors of this kind memorise a few dozen patients before they find the lesions: on
+the 60-patient demo cohort (48 training patients) this one scored out-of-fold AUC 0.36 at 64 px without
+augmentation (below chance: it had learned the training patients), 0.72 with in-plane rotation and
+scaling (120 epochs), and 0.91 at 96 px on the head-cropped field of view with that augmentation (80
+epochs), the default. The measurements are in the README.
 """
 
 from __future__ import annotations

@@ -165,9 +165,15 @@ def train_fold(job: FoldJob) -> tuple[FoldResult, pd.DataFrame, Timing]:
 
 
 def _init_fold_worker(threads: int, deterministic: bool, device: str) -> None:
-    """A fold process: the stage's logging, thread count and determinism switch."""
+    """A fold process: the stage's logging, thread count and determinism switch.
+
+    Its DataLoader workers are forked, as in a single-process run: a spawned process would otherwise
+    spawn them too, re-importing torch for every epoch (seconds each).
+    """
     configure_logging()
     configure_torch(deterministic, threads, torch.device(device))
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
 
 
 def cross_validate(

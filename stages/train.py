@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--png", type=Path, help="loss picture (default: plots/loss_<dim>.png)")
     parser.add_argument(
-        "--timing", type=Path, help="wall time, data-wait share (metrics/timing/train_<dim>.json)"
+        "--timing", type=Path, help="wall time, data-wait share (logs/timing/train_<dim>.json, not in Git)"
     )
     parser.add_argument("--epochs", type=int, help="override train_<dim>.epochs (ad-hoc runs and tests)")
     args = parser.parse_args(argv)

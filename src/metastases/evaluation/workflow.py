@@ -39,8 +39,7 @@ class EvaluateOutputs:
     predictions: Path = Path("metrics/predictions.csv")
     plots_dir: Path = Path("plots")
     """``roc/model_<dim>.csv`` (fpr, tpr, threshold), ``confusion/model_<dim>.csv`` (actual, predicted),
-    ``roc.png``,
-    ``confusion.png``."""
+    ``roc.png``, ``confusion.png``."""
 
 
 def read_cv_thresholds(path: Path, dims: list[str]) -> dict[str, float]:

@@ -35,7 +35,8 @@ class TrainOutputs:
     curves: Path = Path("plots/train/model_2d.csv")
     """Per epoch: each fold's training and validation loss, their means and the mean validation AUC."""
     png: Path = Path("plots/loss_2d.png")
-    timing: Path = Path("metrics/timing/train_2d.json")
+    timing: Path = Path("logs/timing/train_2d.json")
+    """Wall seconds and data-wait share: not a DVC output and not in Git (it changes with every run)."""
 
     @classmethod
     def for_dim(cls, dim: str) -> TrainOutputs:
@@ -44,7 +45,7 @@ class TrainOutputs:
             metrics=Path(f"metrics/train_{dim}.json"),
             curves=Path(f"plots/train/model_{dim}.csv"),
             png=Path(f"plots/loss_{dim}.png"),
-            timing=Path(f"metrics/timing/train_{dim}.json"),
+            timing=Path(f"logs/timing/train_{dim}.json"),
         )
 
 

@@ -30,7 +30,8 @@ from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu", "restarts": 0, "parallel_folds": 1,
+    "epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu",
+    "restarts": 0, "parallel_folds": 1,
 }  # fmt: skip
 PARAMS = {"2d": TrainParams(**TINY), "3d": Train3DParams(**TINY)}
 SEED = 42
@@ -306,3 +307,27 @@ def test_chance_loss_is_the_entropy_of_the_class_prior() -> None:
     assert chance_loss(np.array([0, 1, 0, 1])) == pytest.approx(np.log(2))
     assert chance_loss(np.array([0, 0, 0, 1])) == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
     assert has_learned(0.5, np.array([0, 1])) and not has_learned(0.65, np.array([0, 1]))
+
+
+def test_rotation_and_scale_move_the_anatomy_alike_in_every_slice_and_keep_the_background() -> None:
+    size = 64
+    sample = np.full((3, 4, size, size), -1.0, dtype=np.float32)  # background -1 (z-scored air)
+    sample[:, :, 16, 44] = 5.0  # one bright voxel off-centre, in every sequence and slice
+    augment = Augmentation(0.0, 0.0, 0.0, 0.0, rotate_degrees=30.0, scale=0.0)
+    out = augment(sample, np.random.default_rng(1)).numpy()
+    draws = np.random.default_rng(1)
+    draws.random(), draws.random()  # the two flip draws come first
+    angle = draws.uniform(-30.0, 30.0)
+    assert np.allclose(out[0, 0], out[2, 3])  # the same transform for every sequence and slice
+    assert out.min() == pytest.approx(-1.0)  # outside the image is background, not 0
+    weights = np.clip(out[0, 0] + 1.0, 0, None)
+    rows, cols = np.indices(weights.shape)
+    centre = (size - 1) / 2
+    before = np.arctan2(16 - centre, 44 - centre)
+    row = (weights * rows).sum() / weights.sum()
+    col = (weights * cols).sum() / weights.sum()
+    after = np.arctan2(row - centre, col - centre)
+    assert abs(abs(np.degrees(after - before)) - abs(angle)) < 2.0
+    assert np.hypot(row - centre, col - centre) == pytest.approx(np.hypot(16 - centre, 44 - centre), abs=1.0)
+    again = augment(sample, np.random.default_rng(1)).numpy()
+    assert np.array_equal(out, again)  # seeded

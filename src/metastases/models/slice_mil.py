@@ -46,9 +46,9 @@ class SliceMIL(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(channels[-1], num_classes))
 
     def instances(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, sequences * depth, S, S]`` -> ``[B * depth, sequences * (2 context + 1), S, S]``: one instance
-        per slice, holding its sequences and those of ``context`` neighbours on each side (the first and
-        last slices repeat at the ends)."""
+        """``[B, sequences * depth, S, S]`` -> ``[B * depth, sequences * (2 context + 1), S, S]``: one
+        instance per slice, holding its sequences and those of ``context`` neighbours on each side (the
+        first and last slices repeat at the ends)."""
         batch, _, height, width = x.shape
         volume = x.reshape(batch, self.sequences, self.depth, height, width)
         if self.context:

@@ -146,7 +146,7 @@ def test_duplicate_series_falls_back_to_the_good_repeat(bad_cohort) -> None:  # 
 def test_report_and_metrics_files(bad_cohort) -> None:  # type: ignore[no-untyped-def]
     out, result = bad_cohort
     report = json.loads((out / "interim" / "report.json").read_text())
-    assert set(report) == {"problems", "skipped", "summary"}
+    assert set(report) == {"problems", "skipped", "studies", "summary"}
     assert all(set(p) >= {"patient", "series", "reason"} for p in report["problems"])
     metrics = result.metrics
     assert (
@@ -185,7 +185,8 @@ def _write_sr(path: Path) -> None:
 def test_skipped_series_are_listed_with_reasons(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     specs = standard_specs()
-    specs["t2"] = SeriesSpec("Series 4", 4, protocol_name="t2_tse_tra")  # recognised from ProtocolName
+    # recognised from ProtocolName; more slices than the sagittal T2, so chosen over it
+    specs["t2"] = SeriesSpec("Series 4", 4, n_slices=8, protocol_name="t2_tse_tra")
     extras = [
         SeriesSpec("3-PLANE LOC", 1, n_slices=3, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
         SeriesSpec("AX FLAIR scout", 2, n_slices=3),
@@ -215,9 +216,10 @@ def test_skipped_series_are_listed_with_reasons(tmp_path: Path) -> None:
         "localizer" in skipped['series 2 "AX FLAIR scout"']
         and "3 slice" in skipped['series 2 "AX FLAIR scout"']
     )
-    assert "derived" in skipped['series 20 "AX T1 +C MPR"']
+    # a DERIVED reformat and a sagittal series are candidates now, each losing to the ORIGINAL axial one
+    assert 'series 7 "AX T1 +C" preferred (ORIGINAL before DERIVED' in skipped['series 20 "AX T1 +C MPR"']
     assert "no sequence pattern" in skipped['series 5 "DWI b1000"']
-    assert "sagittal" in skipped['series 6 "SAG T2 FSE"']
+    assert 't2 candidate not chosen: series 4 "Series 4" preferred' in skipped['series 6 "SAG T2 FSE"']
     assert "non-image" in skipped['series 99 "Dose Report"'] and "SR" in skipped['series 99 "Dose Report"']
     assert result.metrics["series_read"] == 9 and result.metrics["skipped"] == 6
 

@@ -76,9 +76,9 @@ def test_hashed_keys_are_stable_and_hide_the_folder(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_patient(raw, "mts-1")
     write_patient(raw, "norma-2")
-    first = ingest_cohort(raw, tmp_path / "a", params(patient_key="hash", salt="pepper"))
-    again = ingest_cohort(raw, tmp_path / "b", params(patient_key="hash", salt="pepper"))
-    other = ingest_cohort(raw, tmp_path / "c", params(patient_key="hash", salt="paprika"))
+    first = ingest_cohort(raw, tmp_path / "a", params(patient_key="hash"), salt="pepper-4b9d1e07a3c2f865")
+    again = ingest_cohort(raw, tmp_path / "b", params(patient_key="hash"), salt="pepper-4b9d1e07a3c2f865")
+    other = ingest_cohort(raw, tmp_path / "c", params(patient_key="hash"), salt="paprika-91e2c0d4b7a36f58")
 
     keys = first.manifest["patient"].tolist()
     assert keys == again.manifest["patient"].tolist()

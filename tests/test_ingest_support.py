@@ -71,6 +71,11 @@ class SeriesSpec:
     enhanced: bool = False
     protocol_name: str | None = None
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND")
+    study_seed: str = "study-1"
+    """Series of one patient share a study (StudyInstanceUID, FrameOfReferenceUID) unless told otherwise."""
+    study_date: str = STUDY_DATE
+    study_time: str = "101500"
+    body_part: str | None = None
 
     def geometry(self) -> SeriesGeometry:
         return axial_geometry(
@@ -98,8 +103,11 @@ def write_series(
         protocol_name=spec.protocol_name,
         rescale_slope=spec.slope,
         rescale_intercept=spec.intercept,
-        study_date=STUDY_DATE,
+        study_date=spec.study_date,
         image_type=spec.image_type,
+        study_seed=spec.study_seed,
+        study_time=spec.study_time,
+        body_part=spec.body_part,
     )
     pixels = slice_pattern(spec.n_slices, spec.rows, spec.columns)
     if spec.enhanced:
@@ -147,4 +155,6 @@ def write_patient(
 
 
 def params(**overrides: object) -> IngestParams:
-    return IngestParams(**{"workers": 1, **overrides})  # type: ignore[arg-type]
+    """Ingest params for tests: one worker, folder names as keys (the tests' names are made up) unless
+    a test asks for another ``patient_key``."""
+    return IngestParams(**{"workers": 1, "patient_key": "folder", **overrides})  # type: ignore[arg-type]

@@ -78,6 +78,11 @@ class SeriesHeader:
     study_date: str = "20240101"
     manufacturer: str = "DEMO"
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND")
+    study_seed: str | None = None
+    """Seeds the StudyInstanceUID and FrameOfReferenceUID instead of ``uid_seed``: series written with
+    different ``uid_seed`` but one ``study_seed`` belong to one study."""
+    study_time: str = "101500"
+    body_part: str | None = None
 
 
 def _uid(header: SeriesHeader, *parts: object) -> UID:
@@ -95,11 +100,14 @@ def _base_dataset(header: SeriesHeader, sop_class: UID, sop_instance: UID) -> Da
     ds.SOPInstanceUID = sop_instance
     ds.Modality = "MR"
     ds.Manufacturer = header.manufacturer
-    ds.StudyInstanceUID = _uid(header, "study")
+    study_seed = header.study_seed if header.study_seed is not None else header.uid_seed
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[study_seed, "study"])
     ds.SeriesInstanceUID = _uid(header, "series", header.series_number)
-    ds.FrameOfReferenceUID = _uid(header, "frame-of-reference")
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_seed, "frame-of-reference"])
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = header.study_date
-    ds.StudyTime = ds.SeriesTime = "101500"
+    ds.StudyTime = ds.SeriesTime = header.study_time
+    if header.body_part is not None:
+        ds.BodyPartExamined = header.body_part
     ds.SeriesNumber = header.series_number
     ds.SeriesDescription = header.series_description
     if header.protocol_name is not None:
@@ -249,6 +257,54 @@ def axial_geometry(
         row_direction=_xyz(row_direction),
         column_direction=_xyz(column_direction),
         first_position=_xyz(first),
+        slice_spacing=slice_spacing,
+        n_slices=n_slices,
+    )
+
+
+PLANES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+}
+"""(row direction, column direction) in LPS as scanners write them: axial rows run to the patient's left
+and columns posterior; coronal and sagittal images are displayed head up (columns run inferior)."""
+
+
+def plane_geometry(
+    plane: str,
+    *,
+    rows: int,
+    columns: int,
+    n_slices: int,
+    pixel_spacing: float,
+    slice_spacing: float,
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> SeriesGeometry:
+    """An untilted ``axial``, ``coronal`` or ``sagittal`` stack centred on ``centre`` (LPS mm).
+
+    Args:
+        plane: one of :data:`PLANES`.
+        rows, columns: the image matrix.
+        n_slices: slices along the normal (row x column direction).
+        pixel_spacing: in-plane spacing in mm (square pixels).
+        slice_spacing: mm between slice centres (1 for an isotropic 3D acquisition).
+        centre: LPS centre of the stack.
+    """
+    row_direction, column_direction = (np.asarray(v) for v in PLANES[plane])
+    normal = np.cross(row_direction, column_direction)
+    half_extent = (
+        row_direction * (columns - 1) * pixel_spacing / 2
+        + column_direction * (rows - 1) * pixel_spacing / 2
+        + normal * (n_slices - 1) * slice_spacing / 2
+    )
+    return SeriesGeometry(
+        rows=rows,
+        columns=columns,
+        pixel_spacing=(pixel_spacing, pixel_spacing),
+        row_direction=_xyz(row_direction),
+        column_direction=_xyz(column_direction),
+        first_position=_xyz(np.asarray(centre) - half_extent),
         slice_spacing=slice_spacing,
         n_slices=n_slices,
     )

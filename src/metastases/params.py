@@ -7,7 +7,10 @@ Every check fails with one line naming the key and the accepted values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +51,12 @@ SECTION_PLACEHOLDER = "<section>"
 CROPS: tuple[str, ...] = ("head", "none")
 """In-plane field of view of the arrays: around the head's bounding box, or the T1+C series' own."""
 
+PATIENT_KEYS: tuple[str, ...] = ("auto", "hash", "folder")
+"""How patient folders become the keys written to every output (see ``IngestParams.patient_key``)."""
+
+STUDY_RULES: tuple[str, ...] = ("latest", "earliest")
+"""Which study a patient folder with several studies contributes (``IngestParams.study``)."""
+
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """``cosine`` anneals the learning rate to 0 over the epochs, so the last epoch's weights (the ones
 scored and saved) come from a settled optimiser rather than one step of a noisy walk."""
@@ -77,8 +86,12 @@ class IngestParams:
     raw_dir: str = "data/raw"
     out_dir: str = "data/interim"
     workers: int = 2
-    patient_key: str = "folder"
-    salt: str = "change-me"
+    patient_key: str = "auto"
+    """``auto``: folder names for the generated demo cohort (its names are fake), else ``hash``;
+    ``hash``: a salted HMAC of the folder name; ``folder``: the folder name as is."""
+    salt_file: str = ".metastases-salt"
+    """Where the secret salt of ``hash`` keys lives when ``METASTASES_SALT`` is not set (Git-ignored;
+    relative paths are from the working directory, the repository root under DVC)."""
     label_prefixes: dict[str, str] = dataclasses.field(
         default_factory=lambda: {"mts": "metastases", "norma": "normal"}
     )
@@ -92,12 +105,17 @@ class IngestParams:
     spacing_tolerance: float = 0.1
     # a series with fewer slices is a localizer/scout, not a volume
     min_slices: int = 4
+    allow_derived: bool = True
+    """Use a DERIVED series (a reformat) for a sequence when no ORIGINAL series matches it."""
+    study: str = "latest"
+    """Which study of a patient folder holding several: ``latest`` or ``earliest`` of those with all three
+    sequences."""
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, f"ingest.workers: must be at least 1, got {self.workers}")
-        _choice("ingest", "patient_key", self.patient_key, ("folder", "hash"))
-        if self.patient_key == "hash":
-            _require(bool(self.salt), "ingest.salt: set a non-empty salt when patient_key is 'hash'")
+        _choice("ingest", "patient_key", self.patient_key, PATIENT_KEYS)
+        _require(bool(self.salt_file.strip()), "ingest.salt_file: must name a file")
+        _choice("ingest", "study", self.study, STUDY_RULES)
         for label in self.label_prefixes.values():
             _choice("ingest", "label_prefixes", label, CLASSES)
         _require(
@@ -180,28 +198,72 @@ def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> 
     fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(fields))
     _require(not unknown, f"{section}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    values: dict[str, Any] = {}
-    for name, value in mapping.items():
-        default = getattr(cls, name, None) if not callable(getattr(cls, name, None)) else None
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ParamsError(f"{section}.{name}: expected true or false, got {value!r}")
-        if isinstance(default, int | float) and not isinstance(default, bool):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ParamsError(f"{section}.{name}: expected a number, got {value!r}")
-            if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
-                raise ParamsError(f"{section}.{name}: expected a whole number, got {value!r}")
-            value = type(default)(value)
-        if isinstance(default, str) and not isinstance(value, str):
-            raise ParamsError(f"{section}.{name}: expected text, got {value!r}")
-        values[name] = value
+    hints = typing.get_type_hints(cls)
+    values = {name: coerce(f"{section}.{name}", value, hints[name]) for name, value in mapping.items()}
     try:
         return cls(**values)
     except TypeError as exc:
         raise ParamsError(f"{section}: {exc}") from None
     except ParamsError as exc:
         raise ParamsError(str(exc).replace(SECTION_PLACEHOLDER, section)) from None
+
+
+def _number_text(where: str, value: str, kind: str) -> float:
+    """A number written as text: YAML 1.1 (PyYAML) reads ``3e-3`` or ``1e4`` (no dot) as a string."""
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ParamsError(f"{where}: expected {kind}, got {value!r}") from None
+    return number
+
+
+def coerce(where: str, value: Any, hint: Any) -> Any:
+    """``value`` as the annotated type ``hint`` of the param ``where`` (``section.key``), or one line.
+
+    Numbers may be written in any spelling YAML users write (``3e-3``, ``1e4``, ``1_000``, ``2.0`` for
+    a whole number); lists and mappings are checked element by element and tuples for their length.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        kind = "a whole number" if hint is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ParamsError(f"{where}: expected {kind}, got {value!r}")
+        number = _number_text(where, value, kind) if isinstance(value, str) else value
+        if not math.isfinite(number):
+            raise ParamsError(f"{where}: expected a finite number, got {value!r}")
+        if hint is int:
+            if number != int(number):
+                raise ParamsError(f"{where}: expected a whole number, got {value!r}")
+            return int(number)
+        return float(number)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: expected text, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        if len(value) != len(args):
+            raise ParamsError(
+                f"{where}: expected a list of {len(args)} values, got {len(value)}: {list(value)!r}"
+            )
+        return tuple(coerce(where, item, arg) for item, arg in zip(value, args, strict=True))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        return [coerce(where, item, args[0]) for item in value]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{where}: expected a mapping of keys, got {value!r}")
+        return {
+            coerce(where, key, args[0]): coerce(f"{where}.{key}", item, args[1])
+            for key, item in value.items()
+        }
+    return value
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -223,12 +285,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def shared_seed(path: str | Path = "params.yaml") -> int:
     """The top-level ``seed`` every stage derives its randomness from."""
-    value = load_params(path).get("seed", 0)
-    _require(
-        isinstance(value, int) and not isinstance(value, bool),
-        f"seed: expected a whole number, got {value!r}",
-    )
-    return int(value)
+    return int(coerce("seed", load_params(path).get("seed", 0), int))
 
 
 def section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from metastases.atomic import write_csv
 from metastases.demo_cohort.patient import PatientSpec, write_patient
 from metastases.errors import ParamsError, UserError
+from metastases.ingest.keys import DEMO_MARKER, DEMO_MARKER_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ def cohort_specs(patients: int, seed: int, size_scale: float = 1.0) -> list[Pati
 
 
 def _is_previous_cohort(out_dir: Path) -> bool:
-    """True when ``out_dir`` holds only labels.csv and mts-/norma- folders of fake (demo) patients."""
+    """True when ``out_dir`` holds only labels.csv, the demo marker and mts-/norma- folders of fake
+    (demo) patients."""
     entries = list(out_dir.iterdir())
     if not any(e.name == "labels.csv" for e in entries):
         return False
-    folders = [e for e in entries if e.name != "labels.csv"]
+    folders = [e for e in entries if e.name not in ("labels.csv", DEMO_MARKER)]
     if not all(e.is_dir() and _PATIENT_FOLDER.match(e.name) for e in folders):
         return False
     for folder in folders:
@@ -81,7 +83,8 @@ def build_cohort(
     workers: int = 2,
     size_scale: float = 1.0,
 ) -> Path:
-    """Write ``patients`` synthetic studies and ``labels.csv`` (``patient,label``) into ``out_dir``.
+    """Write ``patients`` synthetic studies, ``labels.csv`` (``patient,label``) and the demo marker
+    (:data:`metastases.ingest.keys.DEMO_MARKER`) into ``out_dir``.
 
     Same ``seed`` -> byte-identical files whatever ``workers``. ``size_scale`` < 1 shrinks every matrix
     (same field of view and slice counts), for quick tests. A previous demo cohort in ``out_dir`` is
@@ -113,6 +116,8 @@ def build_cohort(
                         bar.update()
         labels = pd.DataFrame({"patient": [s.name for s in specs], "label": [s.label for s in specs]})
         write_csv(building / "labels.csv", labels.sort_values("patient", key=_natural_key))
+        # tells ingest (patient_key: auto) that the folder names are fake and may stay as patient keys
+        (building / DEMO_MARKER).write_text(DEMO_MARKER_TEXT)
         if out_dir.exists():
             trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(trash)

@@ -22,10 +22,18 @@ from tqdm import tqdm
 
 from metastases.atomic import write_csv, write_json
 from metastases.errors import UserError
+from metastases.ingest.keys import DEMO_MARKER, KeyScheme, key_scheme
 from metastases.ingest.labels import LABELS_FILE, patient_key, read_labels_csv, resolve_label
-from metastases.ingest.patient import PatientResult, PatientTask, ingest_patient
+from metastases.ingest.patient import (
+    SEQUENCE_FIELDS,
+    UNMATCHED_REASON,
+    PatientResult,
+    PatientTask,
+    ingest_patient,
+)
 from metastases.ingest.report import PROBLEM_KINDS, Problem, Skipped
 from metastases.ingest.series import CHOICE_RULE, MATCH_ORDER
+from metastases.ingest.studies import STUDY_RULES_TEXT
 from metastases.params import SEQUENCES, IngestParams
 
 log = logging.getLogger(__name__)
@@ -35,9 +43,12 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "label",
     "status",
     "reason",
-    *(f"{s}_{field}" for s in SEQUENCES for field in ("file", "description", "slices", "matrix", "voxel_mm")),
+    "study",
+    *(f"{s}_{field}" for s in SEQUENCES for field in SEQUENCE_FIELDS),
 )
-"""manifest.csv columns: one row per patient folder found, ingested or excluded."""
+"""manifest.csv columns: one row per patient folder found, ingested or excluded. ``study`` names the
+study used (``study 2 of 2 (day +182)``), ``<sequence>_plane`` the acquisition plane and
+``<sequence>_derived`` whether a DERIVED series (a reformat) was used."""
 
 DEMO_HINT = "build the demo cohort with `python -m metastases.demo_cohort {raw}` (or `make run`)"
 _LOGGED_PROBLEMS = 20
@@ -102,33 +113,44 @@ def _run_patients(tasks: list[PatientTask], staging: Path, workers: int) -> list
     return [r for r in results if r is not None]
 
 
-def ingest_cohort(raw_dir: Path, out_dir: Path, params: IngestParams) -> CohortResult:
+def ingest_cohort(
+    raw_dir: Path, out_dir: Path, params: IngestParams, *, salt: str | None = None
+) -> CohortResult:
     """Ingest every patient folder of ``raw_dir`` into ``out_dir`` (rebuilt from scratch).
 
     Writes ``out_dir/<key>/<flair|t2|t1c>.nii.gz`` for each patient with a label and all three sequences,
     ``out_dir/manifest.csv`` (:data:`MANIFEST_COLUMNS`) and ``out_dir/report.json``; returns them with
-    the flat metrics dict. Bad input is reported, never raised; a missing or empty ``raw_dir`` raises
-    :class:`UserError`.
+    the flat metrics dict. Keys follow ``params.patient_key`` (:mod:`metastases.ingest.keys`); ``salt``
+    replaces the configured secret salt (environment or salt file) when given. Bad input is reported,
+    never raised; a missing or empty ``raw_dir``, a refused salt, or no usable patient at all raise
+    :class:`UserError` (the last after writing the report, so that it can be read).
+
+    Args:
+        raw_dir: the raw DICOM root, one sub-folder per patient (plus labels.csv).
+        out_dir: the output folder, rebuilt from scratch.
+        params: the ingest params.
+        salt: the secret salt of hashed keys; None reads it from the environment or the salt file.
     """
     folders = find_patients(raw_dir)
+    scheme = key_scheme(raw_dir, [folder.name for folder in folders], params, salt=salt)
     csv_labels, csv_bad = read_labels_csv(raw_dir, params.label_prefixes)
     tasks = []
     for folder in folders:
         label, label_problem = resolve_label(folder.name, csv_labels, csv_bad, params)
-        tasks.append(PatientTask(folder, patient_key(folder.name, params), label, label_problem, params))
+        tasks.append(PatientTask(folder, patient_key(folder.name, scheme), label, label_problem, params))
     keys = [task.key for task in tasks]
     if len(set(keys)) != len(keys):
         raise UserError("two patient folders map to the same key; use distinct folder names or another salt")
     orphans = sorted((set(csv_labels) | set(csv_bad)) - {folder.name for folder in folders})
     # other entries at the raw root (stray files, hidden folders) are listed by count only: names may identify
-    stray = [p for p in raw_dir.iterdir() if p not in folders and p.name != LABELS_FILE]
+    stray = [p for p in raw_dir.iterdir() if p not in folders and p.name not in (LABELS_FILE, DEMO_MARKER)]
     log.info("ingesting %d patient(s) from %s with %d worker(s)", len(tasks), raw_dir, params.workers)
 
     with _staged_dir(out_dir) as staging:
         results = _run_patients(tasks, staging, params.workers)
         extra = [
             Problem(
-                patient_key(name, params),
+                patient_key(name, scheme),
                 "",
                 f"{LABELS_FILE} lists a patient with no folder",
                 "label_without_patient",
@@ -136,15 +158,43 @@ def ingest_cohort(raw_dir: Path, out_dir: Path, params: IngestParams) -> CohortR
             for name in orphans
         ]
         manifest = pd.DataFrame([r.manifest_row() for r in results], columns=list(MANIFEST_COLUMNS))
-        report = _report(results, extra, len(stray))
+        report = _report(results, extra, len(stray), scheme=scheme, params=params)
         write_csv(staging / "manifest.csv", manifest)
         write_json(staging / "report.json", report)
     metrics = _metrics(report)
     _log_summary(report)
+    if not any(result.status == "ok" for result in results):
+        raise UserError(
+            f"no usable patient: all {len(results)} patient folder(s) were excluded (first reason: "
+            f"{_first_reason(results)}); see {out_dir / 'report.json'}"
+        )
     return CohortResult(manifest, report, metrics)
 
 
-def _report(results: list[PatientResult], extra: list[Problem], stray: int) -> dict[str, object]:
+def _first_reason(results: list[PatientResult]) -> str:
+    """The most common exclusion reason, shortened, for the one-line error."""
+    reasons = collections.Counter(r.notes[0] if r.notes else "unknown" for r in results)
+    reason = reasons.most_common(1)[0][0]
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _report(
+    results: list[PatientResult],
+    extra: list[Problem],
+    stray: int,
+    *,
+    scheme: KeyScheme,
+    params: IngestParams,
+) -> dict[str, object]:
+    """report.json: problems, skipped series, the studies of patients with several, and the summary.
+
+    Args:
+        results: every patient's result, in folder order.
+        extra: cohort-level problems (labels without a folder).
+        stray: entries at the raw root that are not patient folders (counted, never named).
+        scheme: how patient keys were made (stated, with the salt's fingerprint when hashed).
+        params: the ingest params (the study and derived rules are stated).
+    """
     problems = [p for r in results for p in r.problems] + extra
     skipped = [s for r in results for s in r.skipped]
     if stray:
@@ -163,10 +213,17 @@ def _report(results: list[PatientResult], extra: list[Problem], stray: int) -> d
         "problems_by_kind": {kind: kinds.get(kind, 0) for kind in PROBLEM_KINDS},
         "sequence_match_order": list(MATCH_ORDER),
         "choice_rule": CHOICE_RULE,
+        "derived_series_allowed": params.allow_derived,
+        "derived_series_used": sum(info.derived for r in results for info in r.sequences.values()),
+        "study_rule": f"{params.study}: {STUDY_RULES_TEXT[params.study]}",
+        "patients_with_several_studies": sum(len(r.studies) > 1 for r in results),
+        "patient_keys": scheme.why,
+        "salt_fingerprint": scheme.salt_fingerprint,
     }
     return {
         "problems": [dataclasses.asdict(p) for p in problems],
         "skipped": [dataclasses.asdict(s) for s in skipped],
+        "studies": {r.key: r.studies for r in results if len(r.studies) > 1},
         "summary": summary,
     }
 
@@ -185,6 +242,8 @@ def _metrics(report: dict[str, object]) -> dict[str, int]:
             "files_read",
             "problems",
             "skipped",
+            "derived_series_used",
+            "patients_with_several_studies",
         )
     }
     metrics.update({f"problems_{kind}": int(n) for kind, n in summary["problems_by_kind"].items()})
@@ -199,6 +258,18 @@ def _log_summary(report: dict[str, object]) -> None:
         log.warning("%s:%s %s", problem["patient"], where, problem["reason"])
     if len(problems) > _LOGGED_PROBLEMS:
         log.warning("... and %d more problem(s), see report.json", len(problems) - _LOGGED_PROBLEMS)
+    skipped = report["skipped"]
+    assert isinstance(skipped, list)
+    unmatched = collections.Counter(
+        s["series"].split(" ", 2)[-1] for s in skipped if s["reason"] == UNMATCHED_REASON
+    )
+    if unmatched:
+        listed = ", ".join(f"{description} x{count}" for description, count in unmatched.most_common())
+        log.info(
+            "series matching no pattern (by SeriesDescription, times seen): %s; if one of them is a FLAIR, "
+            "T2 or T1+C, add a regular expression to ingest.sequences.flair, .t2 or .t1c in params.yaml",
+            listed,
+        )
     summary = report["summary"]
     assert isinstance(summary, dict)
     log.info(

@@ -287,3 +287,16 @@ def check_stack(frames: Sequence[Frame], spacing_tolerance: float) -> StackGeome
         slice_spacing=_length(step),
         affine=affine,
     )
+
+
+def repeats_per_position(frames: Sequence[Frame]) -> int:
+    """How many images share each slice position when every position is repeated alike (a 4-D series:
+    diffusion directions, perfusion or dynamic time points), else 1. Needs consistent orientation."""
+    orientation = frames[0].orientation
+    if orientation is None or any(f.orientation != orientation or f.position is None for f in frames):
+        return 1
+    along = dot3(np.array([f.position for f in frames], float), slice_normal(orientation))
+    _, counts = np.unique(np.round(along / _DUPLICATE_MM).astype(np.int64), return_counts=True)
+    if len(counts) > 1 and counts.min() == counts.max() and counts[0] > 1:
+        return int(counts[0])
+    return 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,18 +9,16 @@ from pathlib import Path
 import pandas as pd
 
 from metastases.errors import UserError
+from metastases.ingest.keys import KeyScheme
 from metastases.params import CLASSES, IngestParams
 
 LABELS_FILE = "labels.csv"
 
 
-def patient_key(folder_name: str, params: IngestParams) -> str:
-    """The folder name, or (``patient_key: hash``) a salted HMAC-SHA256 of it: stable across runs for the
-    same salt, and not reversible to the folder name without the salt."""
-    if params.patient_key == "folder":
-        return folder_name
-    digest = hmac.new(params.salt.encode(), folder_name.encode(), hashlib.sha256).hexdigest()
-    return f"p-{digest[:16]}"
+def patient_key(folder_name: str, scheme: KeyScheme) -> str:
+    """The folder name, or a salted HMAC-SHA256 of it (:mod:`metastases.ingest.keys`): stable across runs
+    for the same salt, and not reversible to the folder name without the salt."""
+    return scheme(folder_name)
 
 
 def normalise_label(value: str, prefixes: Mapping[str, str]) -> str | None:

@@ -1,4 +1,7 @@
-"""Ingest one patient folder: read every file, pick one series per sequence, write its NIfTI volumes.
+"""Ingest one patient folder: read every file, pick one study and one series per sequence, write NIfTI.
+
+Any acquisition plane is accepted (axial, sagittal, coronal, 2D or 3D): the NIfTI affine carries the
+geometry, and the arrays stage samples every sequence on the T1+C grid through it.
 
 Runs in a worker process: takes and returns plain picklable data, writes only below its own output folder.
 """
@@ -12,9 +15,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from metastases.ingest.geometry import Frame, GeometryError, StackGeometry, check_stack, frames_of, plane_name
+from metastases.ingest.dicomdir import patient_file_list
+from metastases.ingest.geometry import (
+    Frame,
+    GeometryError,
+    StackGeometry,
+    check_stack,
+    frames_of,
+    plane_name,
+    repeats_per_position,
+)
 from metastases.ingest.reading import DicomFile, read_file
-from metastases.ingest.report import Problem, Skipped
+from metastases.ingest.report import Problem, Skipped, file_label
 from metastases.ingest.series import (
     CHOICE_RULE,
     Series,
@@ -24,6 +36,7 @@ from metastases.ingest.series import (
     match_sequence,
     skip_reason,
 )
+from metastases.ingest.studies import STUDY_RULES_TEXT, Study, choose_study, order_studies
 from metastases.ingest.volume import DecodeError, nifti_image, stack_volume
 from metastases.params import SEQUENCES, IngestParams
 
@@ -49,7 +62,16 @@ class SequenceInfo:
     slices: int
     matrix: str
     voxel_mm: str
+    plane: str = ""
+    derived: bool = False
     file: str = ""
+
+
+SEQUENCE_FIELDS: tuple[str, ...] = ("file", "description", "slices", "matrix", "voxel_mm", "plane", "derived")
+"""Per-sequence manifest columns, ``<sequence>_<field>``."""
+
+UNMATCHED_REASON = "matches no sequence pattern (ingest.sequences)"
+_LISTED_UNMATCHED = 6
 
 
 @dataclasses.dataclass
@@ -63,14 +85,19 @@ class PatientResult:
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
     files_read: int = 0
     series_read: int = 0
+    study: str = ""
+    """The chosen study as ``study 2 of 2 (day +182)`` (no date, no UID); "" when there was none."""
+    studies: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    """Every study seen (name, sequences found, chosen), listed in the report when there are several."""
 
     def manifest_row(self) -> dict[str, object]:
-        """One manifest.csv row: patient, label, status, reason, then per sequence file/description/..."""
+        """One manifest.csv row: patient, label, status, reason, study, then per sequence its fields."""
         row: dict[str, object] = {
             "patient": self.key,
             "label": self.label,
             "status": self.status,
             "reason": "; ".join(self.notes),
+            "study": self.study,
         }
         for name in SEQUENCES:
             info = self.sequences.get(name)
@@ -79,27 +106,35 @@ class PatientResult:
             row[f"{name}_slices"] = info.slices if info else ""
             row[f"{name}_matrix"] = info.matrix if info else ""
             row[f"{name}_voxel_mm"] = info.voxel_mm if info else ""
+            row[f"{name}_plane"] = info.plane if info else ""
+            row[f"{name}_derived"] = ("yes" if info.derived else "no") if info else ""
         return row
 
 
 @dataclasses.dataclass
 class _Candidate:
     series: Series
+    sequence: str
     frames: list[Frame]
     geometry: StackGeometry
 
 
 def patient_files(folder: Path) -> list[Path]:
-    """Every regular file below ``folder`` at any depth, in sorted path order (names say nothing)."""
-    return sorted(path for path in folder.rglob("*") if path.is_file())
+    """The files ingest reads below ``folder``: those its DICOMDIR lists, else every file, in path order."""
+    return patient_file_list(folder).files
+
+
+def _skip(result: PatientResult, series: Series, reason: str) -> None:
+    result.skipped.append(Skipped(result.key, series.label, reason))
 
 
 def _candidates(
-    series_list: list[Series], result: PatientResult, params: IngestParams
-) -> dict[str, list[_Candidate]]:
-    """Usable axial image series per sequence; everything else goes to skipped or problems."""
+    series_list: list[Series], result: PatientResult, params: IngestParams, troubled: set[str]
+) -> list[_Candidate]:
+    """Usable image series with the sequence each is; everything else goes to skipped or problems (the
+    sequences of series that matched a pattern but have a problem are added to ``troubled``)."""
     patterns = compile_patterns(params.sequences)
-    found: dict[str, list[_Candidate]] = {name: [] for name in SEQUENCES}
+    found: list[_Candidate] = []
     for series in series_list:
         reason: str | None
         defects = [(file.label, *file.defect) for file in series.files if file.defect is not None]
@@ -108,32 +143,36 @@ def _candidates(
             more = f" (and {len(defects) - 1} more file(s))" if len(defects) > 1 else ""
             reason = f"file {label}: {why}{more}; series not used"
             result.problems.append(Problem(result.key, series.label, reason, kind))
+            troubled.add(match_sequence(series, patterns) or "")
             continue
-        reason = skip_reason(series)
+        reason = skip_reason(series, allow_derived=params.allow_derived)
         sequence = None if reason else match_sequence(series, patterns)
         if reason is None and sequence is None:
-            reason = "matches no sequence pattern (ingest.sequences)"
+            reason = UNMATCHED_REASON
         if reason is not None:
-            result.skipped.append(Skipped(result.key, series.label, reason))
+            _skip(result, series, reason)
             continue
         try:
             frames = [frame for index, file in enumerate(series.files) for frame in frames_of(file, index)]
+            repeats = repeats_per_position(frames) if len(frames) >= params.min_slices else 1
             if len(frames) < params.min_slices:
                 reason = (
                     f"localizer: {len(frames)} slice(s), fewer than ingest.min_slices={params.min_slices}"
                 )
-            elif frames[0].orientation is not None and plane_name(frames[0].orientation) != "axial":
-                reason = f"{plane_name(frames[0].orientation)} series (only axial series are used)"
-            if reason is not None:
-                result.skipped.append(
-                    Skipped(result.key, series.label, f"{sequence} pattern matched but {reason}")
+            elif repeats > 1:
+                reason = (
+                    f"4-D series: {repeats} images at each of {len(frames) // repeats} slice positions "
+                    "(diffusion, perfusion or dynamic); only single 3-D volumes are used"
                 )
+            if reason is not None:
+                _skip(result, series, f"{sequence} pattern matched but {reason}")
                 continue
             geometry = check_stack(frames, params.spacing_tolerance)
         except GeometryError as exc:
             result.problems.append(Problem(result.key, series.label, f"{sequence}: {exc}", exc.kind))
+            troubled.add(str(sequence))
             continue
-        found[str(sequence)].append(_Candidate(series, frames, geometry))
+        found.append(_Candidate(series, str(sequence), frames, geometry))
     return found
 
 
@@ -146,12 +185,10 @@ def _choose_and_stack(
     for index in order:
         candidate = candidates[index]
         if chosen is not None:
-            result.skipped.append(
-                Skipped(
-                    result.key,
-                    candidate.series.label,
-                    f"{name} candidate not chosen: {chosen[0].series.label} preferred ({CHOICE_RULE})",
-                )
+            _skip(
+                result,
+                candidate.series,
+                f"{name} candidate not chosen: {chosen[0].series.label} preferred ({CHOICE_RULE})",
             )
             continue
         try:
@@ -162,12 +199,34 @@ def _choose_and_stack(
         chosen = (candidate, volume)
     if chosen is not None and len(candidates) > 1:
         result.notes.append(f"{name}: chose {chosen[0].series.label} of {len(candidates)} candidates")
+    if chosen is not None and chosen[0].series.derived:
+        result.notes.append(
+            f"{name}: DERIVED series used ({chosen[0].series.label}): no usable ORIGINAL series matched"
+        )
     return chosen
 
 
 def _read_all(task: PatientTask, result: PatientResult) -> list[DicomFile]:
+    listing = patient_file_list(task.folder)
+    for relative in listing.missing:
+        result.problems.append(
+            Problem(
+                task.key,
+                "",
+                f"file {file_label(Path(relative).parts)}: listed in the DICOMDIR but missing",
+                "dicomdir_missing_file",
+            )
+        )
+    if listing.unlisted:
+        result.skipped.append(
+            Skipped(task.key, "", f"{listing.unlisted} file(s) not listed in the DICOMDIR (not read)")
+        )
+    if listing.unreadable:
+        result.skipped.append(
+            Skipped(task.key, "", f"{listing.unreadable} DICOMDIR(s) could not be read: every file was read")
+        )
     files = []
-    for path in patient_files(task.folder):
+    for path in listing.files:
         result.files_read += 1
         item = read_file(path, task.folder, task.key)
         if isinstance(item, Problem):
@@ -202,28 +261,142 @@ def ingest_patient(task: PatientTask, out_dir: Path) -> PatientResult:
     return result
 
 
+def _pick_study(
+    candidates: list[_Candidate], series_list: list[Series], result: PatientResult, params: IngestParams
+) -> tuple[list[_Candidate], dict[str, str]]:
+    """The candidates of the chosen study; the others are skipped. Also, per missing sequence found only
+    in another study, where it is (for the missing-sequence message)."""
+    studies = order_studies(series_list)
+    if not studies:
+        return candidates, {}
+    found: dict[str, set[str]] = {uid: set() for uid in studies}
+    for candidate in candidates:
+        found[candidate.series.study_uid].add(candidate.sequence)
+    chosen = choose_study(studies, found, params.study)
+    result.study = chosen.name
+    if len(studies) > 1:
+        result.studies = [
+            {
+                "study": study.name,
+                "sequences": [name for name in SEQUENCES if name in found[study.uid]],
+                "chosen": study.uid == chosen.uid,
+            }
+            for study in sorted(studies.values(), key=lambda s: s.order)
+        ]
+        complete = len(found[chosen.uid]) == len(SEQUENCES)
+        why = STUDY_RULES_TEXT[params.study] if complete else "the study with the most sequences"
+        result.notes.append(f"{len(studies)} studies: used {chosen.name}, {why} (ingest.study)")
+    elsewhere: dict[str, str] = {}
+    kept = []
+    for candidate in candidates:
+        if candidate.series.study_uid == chosen.uid:
+            kept.append(candidate)
+            continue
+        other: Study = studies[candidate.series.study_uid]
+        _skip(
+            result,
+            candidate.series,
+            f"{candidate.sequence} series of {other.name}, not the chosen {chosen.name}",
+        )
+        if candidate.sequence not in found[chosen.uid]:
+            elsewhere.setdefault(candidate.sequence, other.name)
+    return kept, elsewhere
+
+
+def _same_frame(
+    candidates: list[_Candidate], reference: str, name: str, result: PatientResult
+) -> list[_Candidate]:
+    """Candidates in the T1+C's frame of reference (or without one); the others are skipped/reported."""
+    if not reference:
+        return candidates
+    same = [c for c in candidates if c.series.frame_of_reference in ("", reference)]
+    for candidate in candidates:
+        if candidate not in same:
+            _skip(
+                result,
+                candidate.series,
+                f"{name} series in another frame of reference than the chosen t1c (FrameOfReferenceUID)",
+            )
+    if candidates and not same:
+        result.problems.append(
+            Problem(
+                result.key,
+                "",
+                f"{name}: every candidate is in another frame of reference than the t1c series, so they "
+                "cannot be aligned (patient repositioned between series?)",
+                "mixed_frame_of_reference",
+            )
+        )
+    return same
+
+
+def _missing_reason(
+    missing: list[str], had_candidates: set[str], elsewhere: dict[str, str], result: PatientResult
+) -> str:
+    """``missing sequence(s): t1c (no series matched ingest.sequences.t1c); ...`` with what to edit."""
+    parts = []
+    for name in missing:
+        if name in elsewhere:
+            parts.append(f"{name} only in {elsewhere[name]} (the three must come from one study)")
+        elif name in had_candidates:
+            parts.append(f"{name}: no usable series (see the problems listed for it)")
+        else:
+            parts.append(f"{name}: no series matched ingest.sequences.{name}")
+    reason = f"missing sequence(s): {', '.join(missing)} ({'; '.join(parts)})"
+    unmatched = [s.series for s in result.skipped if s.reason == UNMATCHED_REASON]
+    if unmatched and any(name not in had_candidates and name not in elsewhere for name in missing):
+        shown = ", ".join(unmatched[:_LISTED_UNMATCHED])
+        more = f" and {len(unmatched) - _LISTED_UNMATCHED} more" if len(unmatched) > _LISTED_UNMATCHED else ""
+        reason += (
+            f"; series matching no pattern: {shown}{more}: "
+            "if one is the sequence, add a pattern to ingest.sequences"
+        )
+    return reason
+
+
 def _ingest(task: PatientTask, out_dir: Path, result: PatientResult) -> None:
     files = _read_all(task, result)
+    if result.files_read == 0 and not result.problems:
+        reason = "no files: the patient folder is empty"
+        result.problems.append(Problem(task.key, "", reason, "no_files"))
+        result.notes.insert(0, reason)
+        result.status = "excluded"
+        return
     series_list = group_series(files)
     result.series_read = len(series_list)
-    candidates = _candidates(series_list, result, task.params)
+    troubled: set[str] = set()
+    candidates, elsewhere = _pick_study(
+        _candidates(series_list, result, task.params, troubled), series_list, result, task.params
+    )
+    by_sequence = {name: [c for c in candidates if c.sequence == name] for name in SEQUENCES}
+    had_candidates = troubled | {name for name, found in by_sequence.items() if found}
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in SEQUENCES:
-        chosen = _choose_and_stack(name, candidates[name], result)
+    reference = ""
+    # the T1+C first: its frame of reference is the one the other sequences must share
+    for name in ("t1c", *(s for s in SEQUENCES if s != "t1c")):
+        options = (
+            by_sequence[name] if name == "t1c" else _same_frame(by_sequence[name], reference, name, result)
+        )
+        chosen = _choose_and_stack(name, options, result)
         if chosen is None:
             continue
         candidate, volume = chosen
+        if name == "t1c":
+            reference = candidate.series.frame_of_reference
         geometry = candidate.geometry
+        orientation = candidate.frames[0].orientation
         result.sequences[name] = SequenceInfo(
             description=candidate.series.description,
             slices=len(geometry.order),
             matrix=f"{geometry.columns}x{geometry.rows}",
             voxel_mm="x".join(f"{v:.2f}" for v in geometry.voxel_mm),
+            plane=plane_name(orientation) if orientation is not None else "",
+            derived=candidate.series.derived,
         )
         volumes[name] = (volume, geometry.affine)
     missing = [name for name in SEQUENCES if name not in volumes]
     if missing:
-        reason = f"missing sequence(s): {', '.join(missing)}"
+        reason = _missing_reason(missing, had_candidates, elsewhere, result)
         result.problems.append(Problem(task.key, "", reason, "missing_sequence"))
         result.notes.insert(0, reason)
     if not task.label:
@@ -234,6 +407,7 @@ def _ingest(task: PatientTask, out_dir: Path, result: PatientResult) -> None:
         return
     target = out_dir / task.key
     target.mkdir(parents=True, exist_ok=True)
-    for name, (volume, affine) in volumes.items():
+    for name in SEQUENCES:
+        volume, affine = volumes[name]
         nib.save(nifti_image(volume, affine), target / f"{name}.nii.gz")
         result.sequences[name] = dataclasses.replace(result.sequences[name], file=f"{task.key}/{name}.nii.gz")

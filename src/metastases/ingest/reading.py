@@ -1,21 +1,27 @@
 """Read one file of a patient folder and say what it is: not DICOM, truncated, non-image, or an image.
 
-Files are read whatever their name or extension. Pixel data is deferred (read from disk only when a
-chosen series is decoded), so an unwanted 3000-slice series costs header parsing only.
+Files are read whatever their name or extension, with or without the 128-byte preamble and file meta
+header (old exports write bare datasets: read with ``force=True`` and kept only when they carry a SOP
+Class UID). Pixel data is deferred (read from disk only when a chosen series is decoded), so an
+unwanted 3000-slice series costs header parsing only.
+
+The study, frame of reference and date values kept here are identifying: they are used to group and
+order series in memory and never written out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from metastases.ingest.report import Problem, file_label
 
@@ -23,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Elements larger than this stay on disk until accessed (PixelData, mostly).
 _DEFER_SIZE = "32 KB"
+_UID_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 
 @dataclasses.dataclass
@@ -49,6 +56,12 @@ class DicomFile:
     is_image: bool
     n_frames: int
     defect: tuple[str, str] | None = None
+    study_uid: str = ""
+    frame_of_reference: str = ""
+    study_datetime: str = ""
+    """StudyDate + StudyTime (``YYYYMMDDHHMMSS``, else SeriesDate/AcquisitionDate), "" when absent."""
+    body_part: str = ""
+    sop_class_uid: str = ""
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -75,6 +88,40 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
         return ()
     values = [value] if isinstance(value, str) else list(value)
     return tuple(str(v).strip().upper() for v in values)
+
+
+def _study_datetime(ds: Dataset) -> str:
+    for date_key, time_key in (
+        ("StudyDate", "StudyTime"),
+        ("SeriesDate", "SeriesTime"),
+        ("AcquisitionDate", "AcquisitionTime"),
+    ):
+        date = re.sub(r"[^0-9]", "", _text(ds, date_key))
+        if len(date) == 8:
+            time = re.sub(r"[^0-9]", "", _text(ds, time_key).split(".")[0])[:6]
+            return date + time.ljust(6, "0")
+    return ""
+
+
+def _read_forced(path: Path) -> Dataset | None:
+    """A file without the preamble (or without file meta) read with ``force=True``, or None when what
+    parses is not a DICOM object (no valid SOP Class UID): force makes pydicom accept almost any bytes."""
+    try:
+        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE, force=True)
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+    except Exception:  # garbage read as a dataset fails in many ways
+        return None
+    if not _UID_TEXT.match(sop_class):
+        return None
+    if "TransferSyntaxUID" not in ds.get("file_meta", Dataset()):
+        # a bare dataset: pixel decoding needs the encoding it was read with
+        implicit, little = ds.original_encoding
+        if not hasattr(ds, "file_meta") or ds.file_meta is None:
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
 
 
 def expected_pixel_bytes(ds: Dataset) -> int:
@@ -120,11 +167,16 @@ def read_file(path: Path, patient_dir: Path, patient: str) -> DicomFile | Proble
     :class:`Problem`; a damaged file of a known series comes back with ``defect`` set."""
     label = file_label(path.relative_to(patient_dir).parts)
     try:
-        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+        ds: Dataset
+        try:
+            ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+        except InvalidDicomError:
+            forced = _read_forced(path)
+            if forced is None:
+                return Problem(patient, "", f"file {label}: not a DICOM file", "not_dicom")
+            ds = forced
         # before any element is accessed: reading converts raw elements and loses their offsets
         cut_off = _ends_early(ds, path.stat().st_size)
-    except InvalidDicomError:
-        return Problem(patient, "", f"file {label}: not a DICOM file", "not_dicom")
     except OSError as exc:
         return Problem(
             patient, "", f"file {label}: cannot be read ({exc.strerror or 'I/O error'})", "not_dicom"
@@ -156,6 +208,11 @@ def read_file(path: Path, patient_dir: Path, patient: str) -> DicomFile | Proble
         is_image=has_pixels,
         n_frames=int(ds.get("NumberOfFrames", 1) or 1) if has_pixels else 0,
         defect=defect,
+        study_uid=_text(ds, "StudyInstanceUID"),
+        frame_of_reference=_text(ds, "FrameOfReferenceUID"),
+        study_datetime=_study_datetime(ds),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        sop_class_uid=str(sop_class),
     )
 
 

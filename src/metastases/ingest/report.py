@@ -10,7 +10,9 @@ import dataclasses
 import re
 
 PROBLEM_KINDS: tuple[str, ...] = (
+    "no_files",
     "not_dicom",
+    "dicomdir_missing_file",
     "truncated",
     "unknown_transfer_syntax",
     "undecodable",
@@ -18,6 +20,7 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "duplicate_slices",
     "uneven_spacing",
     "missing_sequence",
+    "mixed_frame_of_reference",
     "no_label",
     "label_without_patient",
     "unexpected_error",

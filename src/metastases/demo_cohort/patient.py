@@ -306,7 +306,8 @@ def _double_in_plane(half: np.ndarray, rows: int, columns: int) -> np.ndarray:
 
 
 def _header(plan: PatientPlan, series: SeriesPlan) -> SeriesHeader:
-    image_type = ("ORIGINAL", "PRIMARY", "LOCALIZER") if series.naming.sequence == "localizer" else None
+    localizer = series.naming.sequence == "localizer"
+    image_type = ("ORIGINAL", "PRIMARY", "LOCALIZER") if localizer else SeriesHeader.image_type
     return SeriesHeader(
         series_description=series.naming.description,
         series_number=series.naming.series_number,
@@ -317,7 +318,7 @@ def _header(plan: PatientPlan, series: SeriesPlan) -> SeriesHeader:
         rescale_intercept=series.scale.intercept,
         study_date=plan.study_date,
         manufacturer=plan.vendor,
-        **({"image_type": image_type} if image_type else {}),
+        image_type=image_type,
     )
 
 

@@ -129,10 +129,22 @@ def _skip(result: PatientResult, series: Series, reason: str) -> None:
 
 
 def _candidates(
-    series_list: list[Series], result: PatientResult, params: IngestParams, troubled: set[str]
+    series_list: list[Series],
+    result: PatientResult,
+    params: IngestParams,
+    *,
+    troubled: set[str],
+    skipped_matches: dict[str, str],
 ) -> list[_Candidate]:
-    """Usable image series with the sequence each is; everything else goes to skipped or problems (the
-    sequences of series that matched a pattern but have a problem are added to ``troubled``)."""
+    """Usable image series with the sequence each is; everything else goes to skipped or problems.
+
+    Args:
+        series_list: the patient's series.
+        result: receives skipped series and problems.
+        params: patterns, slice minimum, spacing tolerance, derived rule.
+        troubled: receives the sequences of matching series that have a problem.
+        skipped_matches: receives, per sequence, why the first matching but skipped series was skipped.
+    """
     patterns = compile_patterns(params.sequences)
     found: list[_Candidate] = []
     for series in series_list:
@@ -146,11 +158,13 @@ def _candidates(
             troubled.add(match_sequence(series, patterns) or "")
             continue
         reason = skip_reason(series, allow_derived=params.allow_derived)
-        sequence = None if reason else match_sequence(series, patterns)
+        sequence = match_sequence(series, patterns)
         if reason is None and sequence is None:
             reason = UNMATCHED_REASON
         if reason is not None:
             _skip(result, series, reason)
+            if sequence is not None:
+                skipped_matches.setdefault(sequence, reason)
             continue
         try:
             frames = [frame for index, file in enumerate(series.files) for frame in frames_of(file, index)]
@@ -166,6 +180,7 @@ def _candidates(
                 )
             if reason is not None:
                 _skip(result, series, f"{sequence} pattern matched but {reason}")
+                skipped_matches.setdefault(str(sequence), reason)
                 continue
             geometry = check_stack(frames, params.spacing_tolerance)
         except GeometryError as exc:
@@ -331,20 +346,37 @@ def _same_frame(
 
 
 def _missing_reason(
-    missing: list[str], had_candidates: set[str], elsewhere: dict[str, str], result: PatientResult
+    missing: list[str],
+    had_candidates: set[str],
+    elsewhere: dict[str, str],
+    skipped_matches: dict[str, str],
+    result: PatientResult,
 ) -> str:
-    """``missing sequence(s): t1c (no series matched ingest.sequences.t1c); ...`` with what to edit."""
+    """``missing sequence(s): t1c (t1c: no series matched ingest.sequences.t1c); ...`` with what to edit.
+
+    Args:
+        missing: the sequences without a volume.
+        had_candidates: sequences with matching series that had problems or failed to decode.
+        elsewhere: sequence -> the other study that has it.
+        skipped_matches: sequence -> why its matching series were skipped (derived forbidden, 4-D, ...).
+        result: the patient's result (its unmatched series are listed).
+    """
     parts = []
     for name in missing:
         if name in elsewhere:
             parts.append(f"{name} only in {elsewhere[name]} (the three must come from one study)")
         elif name in had_candidates:
             parts.append(f"{name}: no usable series (see the problems listed for it)")
+        elif name in skipped_matches:
+            parts.append(f"{name}: its series were skipped ({skipped_matches[name]})")
         else:
             parts.append(f"{name}: no series matched ingest.sequences.{name}")
     reason = f"missing sequence(s): {', '.join(missing)} ({'; '.join(parts)})"
     unmatched = [s.series for s in result.skipped if s.reason == UNMATCHED_REASON]
-    if unmatched and any(name not in had_candidates and name not in elsewhere for name in missing):
+    unexplained = [
+        n for n in missing if n not in had_candidates and n not in elsewhere and n not in skipped_matches
+    ]
+    if unmatched and unexplained:
         shown = ", ".join(unmatched[:_LISTED_UNMATCHED])
         more = f" and {len(unmatched) - _LISTED_UNMATCHED} more" if len(unmatched) > _LISTED_UNMATCHED else ""
         reason += (
@@ -365,9 +397,9 @@ def _ingest(task: PatientTask, out_dir: Path, result: PatientResult) -> None:
     series_list = group_series(files)
     result.series_read = len(series_list)
     troubled: set[str] = set()
-    candidates, elsewhere = _pick_study(
-        _candidates(series_list, result, task.params, troubled), series_list, result, task.params
-    )
+    skipped_matches: dict[str, str] = {}
+    found = _candidates(series_list, result, task.params, troubled=troubled, skipped_matches=skipped_matches)
+    candidates, elsewhere = _pick_study(found, series_list, result, task.params)
     by_sequence = {name: [c for c in candidates if c.sequence == name] for name in SEQUENCES}
     had_candidates = troubled | {name for name, found in by_sequence.items() if found}
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -396,7 +428,7 @@ def _ingest(task: PatientTask, out_dir: Path, result: PatientResult) -> None:
         volumes[name] = (volume, geometry.affine)
     missing = [name for name in SEQUENCES if name not in volumes]
     if missing:
-        reason = _missing_reason(missing, had_candidates, elsewhere, result)
+        reason = _missing_reason(missing, had_candidates, elsewhere, skipped_matches, result)
         result.problems.append(Problem(task.key, "", reason, "missing_sequence"))
         result.notes.insert(0, reason)
     if not task.label:

@@ -228,7 +228,11 @@ def test_replaces_a_previous_cohort(tmp_path: Path) -> None:
         next(p for p in out.rglob("IM*") if p.is_file()).read_bytes()
     )
     build_cohort(out, patients=1, seed=3, workers=1, size_scale=SMALL)
-    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", cohort_specs(1, 3)[0].name]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "DEMO_COHORT.txt",
+        "labels.csv",
+        cohort_specs(1, 3)[0].name,
+    ]
     assert not list(out.rglob("IM99999"))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,105 @@ def test_an_unknown_section_or_a_run_cache_blind_key_is_one_clear_line(tmp_path:
     for key in ("size", "nfiles"):
         with pytest.raises(ParamsError, match=rf"stack_3d\.{key}: .*run-cache ignores that key"):
             from_mapping(VolumeParams, "stack_3d", {key: 64})
+
+
+def test_numbers_in_any_yaml_spelling_are_accepted() -> None:
+    # PyYAML (YAML 1.1) reads 3e-3 and 1e2 (no dot) as strings: they are numbers all the same
+    loaded = yaml.safe_load("lr: 3e-3\nepochs: 1e2\nbatch_size: 8.0\nweight_decay: 1_000e-7\n")
+    assert isinstance(loaded["lr"], str)
+    train = from_mapping(TrainParams, "train_2d", loaded)
+    assert (train.lr, train.epochs, train.batch_size, train.weight_decay) == (0.003, 100, 8, 0.0001)
+    assert isinstance(train.epochs, int) and isinstance(train.lr, float)
+    volume = from_mapping(VolumeParams, "slice_2d", yaml.safe_load("clip_percentiles: ['5e-1', 99]"))
+    assert volume.clip_percentiles == (0.5, 99.0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "text", "message"),
+    [
+        (TrainParams, "train_2d", "lr: fast", r"^train_2d\.lr: expected a number, got 'fast'$"),
+        (TrainParams, "train_2d", "epochs: 2.5", r"^train_2d\.epochs: expected a whole number, got 2\.5$"),
+        (TrainParams, "train_2d", "epochs: 1e-1", r"^train_2d\.epochs: expected a whole number"),
+        (TrainParams, "train_2d", "lr: .nan", r"^train_2d\.lr: expected a finite number"),
+        (TrainParams, "train_2d", "model: 5", r"^train_2d\.model: expected text, got 5$"),
+        (TrainParams, "train_2d", "deterministic: 1", r"^train_2d\.deterministic: expected true or false"),
+        (
+            VolumeParams,
+            "slice_2d",
+            "clip_percentiles: [1, 2, 3]",
+            r"^slice_2d\.clip_percentiles: expected a list of 2",
+        ),
+        (
+            VolumeParams,
+            "slice_2d",
+            "clip_percentiles: 5",
+            r"^slice_2d\.clip_percentiles: expected a list of 2",
+        ),
+        (
+            VolumeParams,
+            "slice_2d",
+            "clip_percentiles: [99, 1]",
+            r"^slice_2d\.clip_percentiles: need 0 <= low < high",
+        ),
+        (
+            Volume3DParams,
+            "stack_3d",
+            "clip_percentiles: [1, 200]",
+            r"^stack_3d\.clip_percentiles: need 0 <= low",
+        ),
+        (
+            VolumeParams,
+            "slice_2d",
+            "clip_percentiles: [low, 99]",
+            r"^slice_2d\.clip_percentiles: expected a number",
+        ),
+        (SplitParams, "split", "[1, 2]", r"^split: expected a mapping of keys, got \[1, 2\]$"),
+        (SplitParams, "split", "folds: [1, 2]", r"^split\.folds: expected a whole number, got \[1, 2\]$"),
+        (IngestParams, "ingest", "sequences: [flair]", r"^ingest\.sequences: expected a mapping of keys"),
+        (
+            IngestParams,
+            "ingest",
+            "sequences: {flair: flair, t2: [t2], t1c: [t1]}",
+            r"^ingest\.sequences\.flair: expected a list, got 'flair'$",
+        ),
+        (
+            IngestParams,
+            "ingest",
+            "label_prefixes: [mts]",
+            r"^ingest\.label_prefixes: expected a mapping of keys",
+        ),
+        (
+            IngestParams,
+            "ingest",
+            "study: newest",
+            r"^ingest\.study: 'newest' is not one of latest, earliest$",
+        ),
+        (IngestParams, "ingest", "patient_key: name", r"^ingest\.patient_key: 'name' is not one of auto"),
+        (IngestParams, "ingest", "salt: pepper", r"^ingest: unknown key\(s\) salt; known: "),
+        (IngestParams, "ingest", "allow_derived: maybe", r"^ingest\.allow_derived: expected true or false"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_section_and_key(
+    cls: type, name: str, text: str, message: str
+) -> None:
+    with pytest.raises(ParamsError, match=message) as caught:
+        from_mapping(cls, name, yaml.safe_load(text))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_params_file_is_one_line_from_the_stage_script(tmp_path: Path) -> None:
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    committed["slice_2d"]["clip_percentiles"] = [1, 2, 3]
+    committed["train_2d"]["lr"] = "3e-3"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(committed))
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "slice_2d.py"), "--params", str(tmp_path / "params.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines() == [
+        "error: slice_2d.clip_percentiles: expected a list of 2 values, got 3: [1, 2, 3]"
+    ]

@@ -274,6 +274,12 @@ def test_series_that_cannot_be_used_are_skipped_with_a_reason(tmp_path: Path) ->
     )
     _four_d(folder)
     _secondary_capture(folder / "SC" / "IM0001")
+    for path in write_series(folder / "S060", SeriesSpec("AX T1 +C", 60), 3, "ct"):
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = (
+            "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+        )
+        ds.save_as(path)
 
     result = ingest_cohort(raw, tmp_path / "interim", params())
 
@@ -283,6 +289,7 @@ def test_series_that_cannot_be_used_are_skipped_with_a_reason(tmp_path: Path) ->
     assert "MIP" in skipped['series 41 "AX T1 +C MIP"']
     assert "4-D series: 3 images at each of 6 slice positions" in skipped['series 50 "AX T2 perfusion"']
     assert "screen capture" in skipped['series 300 "AX T1 +C screen"']
+    assert "unsupported SOP class (CT Image Storage)" in skipped['series 60 "AX T1 +C"']
 
 
 def test_an_empty_folder_is_no_files_and_unmatched_series_are_named_with_the_key(
@@ -356,3 +363,23 @@ def test_the_demo_marker_is_not_a_stray_entry(tmp_path: Path) -> None:
     assert result.report["skipped"] == [] and result.manifest.iloc[0]["patient"] == "mts-1"
     assert json.loads((tmp_path / "interim" / "report.json").read_text())["summary"]["salt_fingerprint"] == ""
     shutil.rmtree(tmp_path / "interim")
+
+
+def test_a_sequence_in_another_frame_of_reference_is_not_mixed_in(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    folder = write_patient(raw, "mts-1")
+    write_patient(raw, "mts-2")
+    other_frame = generate_uid()
+    for path in (folder / "S003").iterdir():  # the FLAIR: same study, patient repositioned
+        ds = pydicom.dcmread(path)
+        ds.FrameOfReferenceUID = other_frame
+        ds.save_as(path)
+
+    result = ingest_cohort(raw, tmp_path / "interim", params())
+
+    row = result.manifest.set_index("patient").loc["mts-1"]
+    assert row["status"] == "excluded" and "missing sequence(s): flair" in row["reason"]
+    kinds = [p["kind"] for p in result.report["problems"] if p["patient"] == "mts-1"]
+    assert kinds == ["mixed_frame_of_reference", "missing_sequence"]
+    assert "another frame of reference" in _skipped(result)['series 3 "AX T2 FLAIR"']
+    assert other_frame not in json.dumps(result.report)

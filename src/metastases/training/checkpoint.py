@@ -57,14 +57,25 @@ class Ensemble:
 
 
 def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
-                  input_shape: tuple[int, ...], seed: int) -> None:  # fmt: skip
-    """Write every fold model of ``cv`` with its patients, learned flag and the out-of-fold scores."""
+                  input_shape: tuple[int, ...], seed: int,
+                  preprocessing: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write every fold model of ``cv`` with its patients, learned flag and the out-of-fold scores.
+
+    Args:
+        path: the checkpoint file (written atomically).
+        cv: the trained fold models.
+        model_name: registry name; ``dim`` its array layout; ``input_shape`` one sample's shape.
+        seed: the training seed.
+        preprocessing: the ``slice_2d``/``stack_3d`` params that built the arrays, so that a new study can
+            be prepared the same way (``metastases.predict``) whatever params.yaml says later.
+    """
     payload: dict[str, Any] = {
         "format": FORMAT,
         "model": model_name,
         "dim": dim,
         "input_shape": list(input_shape),
         "seed": seed,
+        "preprocessing": preprocessing,
         "folds": [
             {
                 "fold": f.fold,

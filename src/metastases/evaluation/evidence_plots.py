@@ -41,7 +41,8 @@ class ModelView:
     evidence: Evidence
     probability: float
     threshold: float
-    label: int
+    label: int | None
+    """1 metastases, 0 normal, None for a new study (no label)."""
     geometry: GridGeometry | None
 
     def image(self, sequence: int, slice_index: int) -> np.ndarray:
@@ -53,6 +54,8 @@ class ModelView:
     @property
     def outcome(self) -> str:
         predicted = self.probability >= self.threshold
+        if self.label is None:
+            return f"decision: {CLASSES[int(predicted)]}"
         if self.label == 1:
             return OUTCOMES[0] if predicted else OUTCOMES[1]
         return OUTCOMES[2] if predicted else OUTCOMES[3]
@@ -100,8 +103,9 @@ def plot_patient_evidence(
         row_axes[0].set_ylabel(
             f"{view.title}\np(metastases) {view.probability:.2f}\n{view.outcome}", fontsize=9
         )
-    label = CLASSES[views[0].label] if views else "?"
-    figure.suptitle(f"{patient} (label: {label}): where each model found its evidence (+)", fontsize=11)
+    label = views[0].label if views else None
+    known = f" (label: {CLASSES[label]})" if label is not None else ""
+    figure.suptitle(f"{patient}{known}: where each model found its evidence (+)", fontsize=11)
     save_figure(figure, path)
 
 

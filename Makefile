@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml commands say `python`: the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run demo test test-fast lint typecheck push pull benchmark report plots
+.PHONY: install run demo test test-fast lint typecheck push pull benchmark report plots predict
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ pull: install
 # on 2 cores: see docs/benchmark.md).
 benchmark: install
 	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1
+
+# Score a new patient's DICOM folder with the trained models: probabilities, decisions at the out-of-fold
+# threshold, evidence picture -> $(OUT)/prediction.json, $(OUT)/evidence.png. Nothing identifying is written.
+OUT ?= predictions
+predict: install
+	@test -n "$(STUDY)" || { echo "usage: make predict STUDY=<patient DICOM folder> [OUT=predictions]"; exit 2; }
+	$(BIN)/python -m metastases.predict "$(STUDY)" --out "$(OUT)"
 
 # A pull-request report against another revision: report/report.md + PNGs of both revisions.
 HEAD ?= workspace

@@ -25,13 +25,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--predictions", type=Path, default=Path("metrics/cv_predictions.csv"), help="out-of-fold scores"
     )
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="cv_roc/model_<dim>.csv")
+    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
+    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"), help="lesions.csv, when present")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(CrossValidateParams, "cross_validate", args.params)
     train_params = train_sections(args.params)
     models = {"2d": args.model_2d, "3d": args.model_3d}
     outputs = CrossValidateOutputs(args.metrics, args.predictions, args.plots_dir)
-    run_cross_validation({dim: models[dim] for dim in args.dims}, train_params, params, outputs)
+    data = {"2d": args.data_2d, "3d": args.data_3d}
+    run_cross_validation(
+        {dim: models[dim] for dim in args.dims},
+        train_params,
+        params,
+        outputs,
+        array_dirs={dim: data[dim] for dim in args.dims},
+        raw_dir=args.raw_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """evaluate: score the held-out test patients with the trained 2D and 3D models.
 
 ROC AUC with a bootstrap confidence interval, accuracy, balanced accuracy, sensitivity, specificity and
-F1 at 0.5 and at the threshold cross-validation chose; predictions, ROC and confusion tables, pictures.
+F1 at 0.5 and at the threshold cross-validation chose; Brier score and reliability diagram; evidence maps
+of the multiple-instance models and, when the raw cohort has lesions.csv, how often their strongest
+evidence lies inside a true metastasis; predictions, ROC and confusion tables, pictures, MODEL_CARD.md.
 """
 
 import sys
@@ -23,7 +25,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--predictions", type=Path, default=Path("metrics/predictions.csv"), help="test-patient scores"
     )
+    parser.add_argument(
+        "--cv-predictions", type=Path, default=Path("metrics/cv_predictions.csv"), help="out-of-fold scores"
+    )
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"), help="lesions.csv, when present")
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="roc/, confusion/, PNGs")
+    parser.add_argument("--model-card", type=Path, default=Path("MODEL_CARD.md"), help="model card")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(EvaluateParams, "evaluate", args.params)
@@ -38,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_params,
         params,
         shared_seed(args.params),
-        EvaluateOutputs(args.metrics, args.predictions, args.plots_dir),
+        EvaluateOutputs(args.metrics, args.predictions, args.plots_dir, args.model_card),
+        raw_dir=args.raw_dir,
+        cv_predictions_path=args.cv_predictions,
     )
 
 

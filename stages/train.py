@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage, stage_parser
-from metastases.params import Train3DParams, TrainParams, section, shared_seed
+from metastases.params import Train3DParams, TrainParams, section, shared_seed, volume_section
 from metastases.training.workflow import TrainOutputs, run_training
 
 
@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         timing=args.timing or defaults.timing,
     )
     data_dir = args.data_dir or Path(f"data/processed/{args.dim}")
-    run_training(data_dir, args.splits, params, shared_seed(args.params), outputs)
+    preprocessing = volume_section("slice_2d" if args.dim == "2d" else "stack_3d", args.params)
+    run_training(data_dir, args.splits, params, shared_seed(args.params), outputs, preprocessing)
 
 
 if __name__ == "__main__":

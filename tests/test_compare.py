@@ -465,3 +465,25 @@ def test_report_opens_with_the_paired_section_in_a_dvc_repository(tmp_path: Path
     assert headings[0] == "## Is the change real? (paired on the same patients)"
     assert "## Params" in headings[1]
     assert [row[5] for row in _paired_rows(report)] == ["+0.000 [+0.000, +0.000]", "-0.111 [-0.697, +0.475]"]
+
+
+def test_report_shows_the_evidence_montage_of_each_revision(tmp_path: Path) -> None:
+    repo = tmp_path / "dvc_repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.email", "t@example.invalid")
+    _git(repo, "config", "user.name", "t")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, capture_output=True)
+    _git(repo, "add", ".dvc")
+    predictions = {CV_PATH: _predictions_csv({"2d": HAND_A}), HELD_OUT_PATH: _predictions_csv({"2d": HAND_A})}
+    _commit(repo, "base", predictions)
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # any bytes: the report copies them as they are
+    (repo / "plots").mkdir(exist_ok=True)
+    (repo / "plots" / "evidence.png").write_bytes(picture)
+    done = _report_cli(repo, "--base", "base", "--head", "workspace")
+    assert done.returncode == 0, done.stderr
+    report = (repo / "report" / "report.md").read_text()
+    section = report[report.index("## Where the models looked") :]
+    assert "### base `base`\n\nNo evidence montage at this revision." in section
+    assert "![evidence, head](evidence_head.png)" in section
+    assert (repo / "report" / "evidence_head.png").read_bytes() == picture

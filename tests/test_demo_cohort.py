@@ -231,6 +231,7 @@ def test_replaces_a_previous_cohort(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "DEMO_COHORT.txt",
         "labels.csv",
+        "lesions.csv",
         cohort_specs(1, 3)[0].name,
     ]
     assert not list(out.rglob("IM99999"))

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import yaml
@@ -107,7 +108,7 @@ def test_changing_a_split_param_reruns_split_and_its_dependants_only(repo):
 def test_no_identifying_header_value_reaches_any_output(repo):
     secrets: set[str] = set()
     for path in (repo / "data/raw").rglob("*"):
-        if path.is_file() and path.name != "labels.csv":
+        if path.is_file() and path.name not in ("labels.csv", "lesions.csv", "DEMO_COHORT.txt"):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             for tag in IDENTITY_TAGS:
                 value = str(ds.get(tag, "") or "")
@@ -115,7 +116,13 @@ def test_no_identifying_header_value_reaches_any_output(repo):
                     secrets.add(value)
     assert len(secrets) > 20, "the demo cohort must carry fake identifying tags"
     outputs = [repo / "data/interim", repo / "data/processed", repo / "data/splits.csv", repo / "metrics"]
-    outputs += [repo / "plots", repo / "models", repo / "first_repro.log", repo / "dvc.lock"]
+    outputs += [
+        repo / "plots",
+        repo / "models",
+        repo / "first_repro.log",
+        repo / "dvc.lock",
+        repo / "MODEL_CARD.md",
+    ]
     files = [p for out in outputs if out.exists() for p in ([out] if out.is_file() else out.rglob("*"))]
     for path in (p for p in files if p.is_file()):
         data = path.read_bytes()
@@ -123,6 +130,128 @@ def test_no_identifying_header_value_reaches_any_output(repo):
             data = gzip.decompress(data)
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} leaked into {path.relative_to(repo)}"
+
+
+def test_evaluation_explains_calibrates_and_writes_the_model_card_from_its_own_numbers(repo):
+    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
+    cv = json.loads((repo / "metrics/cv.json").read_text())
+    test = pd.read_csv(repo / "data/splits.csv").query("split == 'test'")
+    for dim in ("2d", "3d"):
+        assert 0 <= evaluate[dim]["brier"] <= 1 and 0 <= cv[dim]["brier"] <= 1
+        # the demo cohort has lesions.csv: both default models are scored on where they looked
+        assert evaluate[dim]["localisation_patients"] == int(test["label"].sum())
+        assert cv[dim]["localisation_patients"] > 0
+    pictures = sorted(p.stem for p in (repo / "plots/evidence").glob("*.png"))
+    assert pictures == sorted(test["patient"])
+    for name in ("evidence.png", "calibration.png"):
+        assert (repo / "plots" / name).stat().st_size > 10_000
+    card = (repo / "MODEL_CARD.md").read_text()
+    assert "Not for diagnosis" in card
+    assert f"{evaluate['3d']['auc']:.3f} [{evaluate['3d']['auc_ci_low']:.3f}" in card
+    assert f"{cv['2d']['oof_auc']:.3f}" in card
+
+
+def predict(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "metastases.predict", *args]
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=False)
+
+
+def test_predict_gives_the_pipeline_score_for_a_renamed_shuffled_copy_of_a_test_patient(repo, tmp_path):
+    """A held-out patient copied outside the repo under an MRN-like name, files renamed and flattened in
+    another order: the same probabilities as the evaluate stage; no header value and not the folder name
+    in anything printed or written."""
+    scores = pd.read_csv(repo / "metrics/predictions.csv", dtype={"patient": str})
+    patient = scores.iloc[0]["patient"]
+    study = tmp_path / "123456789"
+    study.mkdir()
+    files = sorted(p for p in (repo / "data/raw" / patient).rglob("*") if p.is_file())
+    for number, path in enumerate(reversed(files)):
+        shutil.copy(path, study / f"x{(number * 7919) % 100003:06d}")
+    out = tmp_path / "out"
+    result = predict(repo, str(study), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    written = json.loads((out / "prediction.json").read_text())
+    for dim in ("2d", "3d"):
+        expected = scores[(scores["patient"] == patient) & (scores["model"] == dim)]["score"].item()
+        assert written["models"][dim]["probability"] == pytest.approx(expected, abs=1e-5)
+        assert f"{dim.upper()} " in result.stdout
+    assert (out / "evidence.png").stat().st_size > 10_000
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    secrets = [str(header.get(tag, "")) for tag in IDENTITY_TAGS] + ["123456789", patient]
+    everything = result.stdout + result.stderr + (out / "prediction.json").read_text()
+    for secret in (s for s in secrets if len(s) >= 5):
+        assert secret not in everything
+        assert secret.encode() not in (out / "evidence.png").read_bytes()
+
+
+def test_predict_scores_a_patient_generated_with_another_seed(repo, tmp_path):
+    run([sys.executable, "-m", "metastases.demo_cohort", str(tmp_path / "other"), "--patients", "2", "--seed",
+         "101", "--size-scale", "0.25", "--workers", "1"], repo)  # fmt: skip
+    for patient in ("mts-1", "norma-1"):
+        result = predict(repo, str(tmp_path / "other" / patient), "--out", str(tmp_path / patient))
+        assert result.returncode == 0, result.stderr
+        written = json.loads((tmp_path / patient / "prediction.json").read_text())
+        assert set(written["models"]) == {"2d", "3d"}
+        for entry in written["models"].values():
+            assert 0 <= entry["probability"] <= 1
+            assert entry["decision"] in ("metastases", "normal")
+            assert len(entry["strongest_evidence"]["lps_mm"]) == 3
+
+
+def _corrupt_model(repo: Path, tmp_path: Path) -> Path:
+    import torch
+
+    payload = torch.load(repo / "models/3d.pt", weights_only=True)
+    payload["preprocessing"]["image_size"] = 48  # a geometry the weights were not trained on
+    path = tmp_path / "other-geometry.pt"
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "holds no files"),
+        ("not_dicom", "no DICOM file could be read"),
+        ("missing_t1c", "missing sequence(s): t1c"),
+        ("unreadable_t1c", "missing sequence(s): t1c"),
+        ("other_geometry", "preprocessing gives"),
+        ("not_a_model", "not a readable model checkpoint"),
+    ],
+)
+def test_predict_bad_input_is_one_line_and_writes_nothing(repo, tmp_path, case, message):
+    study = tmp_path / "study"
+    study.mkdir()
+    patient = pd.read_csv(repo / "metrics/predictions.csv", dtype={"patient": str}).iloc[0]["patient"]
+    files = sorted(p for p in (repo / "data/raw" / patient).rglob("*") if p.is_file())
+    t1c = [p for p in files if re.search(r"(\+c|post|gd|km|_ce|ce$)", str(pydicom.dcmread(
+        p, stop_before_pixels=True).get("SeriesDescription", "")).lower())]  # fmt: skip
+    assert t1c
+    model = ["--model", str(repo / "models/3d.pt")]
+    if case == "not_dicom":
+        (study / "notes.txt").write_text("not an image\n")
+    elif case in ("missing_t1c", "unreadable_t1c", "other_geometry", "not_a_model"):
+        for path in files:
+            if case == "missing_t1c" and path in t1c:
+                continue
+            shutil.copy(path, study / f"f{len(list(study.iterdir())):05d}")
+            if case == "unreadable_t1c" and path in t1c:
+                ds = pydicom.dcmread(path)
+                ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no pixel handler
+                ds.save_as(study / f"f{len(list(study.iterdir())) - 1:05d}", enforce_file_format=True)
+        if case == "other_geometry":
+            model = ["--model", str(_corrupt_model(repo, tmp_path))]
+        if case == "not_a_model":
+            (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+            model = ["--model", str(tmp_path / "junk.pt")]
+    out = tmp_path / "out"
+    result = predict(repo, str(study), *model, "--out", str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "prediction.json").exists() and not (out / "evidence.png").exists()
 
 
 def test_changing_only_the_in_plane_size_by_exp_run_rebuilds_the_arrays(repo):

@@ -6,20 +6,22 @@ having to fit in RAM. Arrays are float16: normalised intensities need no more pr
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from metastases.atomic import save_npy, write_csv
+from metastases.atomic import save_npy, write_csv, write_json
 from metastases.errors import UserError
 from metastases.params import CLASSES, SEQUENCES, VolumeParams
-from metastases.volumes import patient_tensor
+from metastases.volumes import GridGeometry, patient_tensor_and_grid
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,19 @@ def _shape(layout: str, array: np.ndarray) -> np.ndarray:
     return array.reshape(-1, *array.shape[2:]) if layout == "2d" else array
 
 
-def _build_one(args: tuple[str, dict[str, Path], VolumeParams, str, Path]) -> str:
+GEOMETRY_FILE = "geometry.json"
+"""Beside the arrays: for each patient, where its voxels lie in the world (:class:`GridGeometry`), so that
+a location the model points at can be compared with lesions given in patient coordinates."""
+
+
+def _build_one(args: tuple[str, dict[str, Path], VolumeParams, str, Path]) -> tuple[str, GridGeometry]:
     patient, paths, params, layout, out_dir = args
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise UserError(f"patient {patient}: volume file(s) missing: {', '.join(missing)}; rerun ingest")
-    array = _shape(layout, patient_tensor(paths, params)).astype(np.float16)
-    save_npy(out_dir / f"{patient}.npy", array)
-    return patient
+    tensor, geometry = patient_tensor_and_grid(paths, params)
+    save_npy(out_dir / f"{patient}.npy", _shape(layout, tensor).astype(np.float16))
+    return patient, geometry
 
 
 def build_arrays(
@@ -62,9 +69,10 @@ def build_arrays(
     params: VolumeParams,
     layout: str,
     workers: int = 1,
-    progress: Callable[..., Iterable[str]] = tqdm,
+    progress: Callable[..., Iterable[Any]] = tqdm,
 ) -> pd.DataFrame:
-    """Write one array per ready patient into a fresh ``out_dir`` plus ``index.csv`` (patient, label).
+    """Write one array per ready patient into a fresh ``out_dir`` plus ``index.csv`` (patient, label) and
+    ``geometry.json`` (patient -> :class:`GridGeometry`).
 
     Returns the index. ``layout`` is ``2d`` or ``3d`` (see :data:`LAYOUTS`).
     """
@@ -85,10 +93,13 @@ def build_arrays(
         for row in manifest.itertuples()
     ]
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-        done = list(
+        done: list[tuple[str, GridGeometry]] = list(
             progress(pool.map(_build_one, jobs), total=len(jobs), desc=f"{layout} arrays", unit="patient")
         )
-    index = pd.DataFrame({"patient": done, "label": [CLASSES.index(label) for label in manifest["label"]]})
+    index = pd.DataFrame(
+        {"patient": [p for p, _ in done], "label": [CLASSES.index(label) for label in manifest["label"]]}
+    )
+    write_json(out_dir / GEOMETRY_FILE, {patient: geometry.to_json() for patient, geometry in done})
     write_csv(out_dir / "index.csv", index)
     log.info("wrote %d %s arrays of shape %s to %s", len(index), layout, array_shape(params, layout), out_dir)
     return index
@@ -112,6 +123,19 @@ class _Inline:
     @staticmethod
     def map(function: Callable, items: list) -> map:
         return map(function, items)
+
+
+def load_geometry(array_dir: Path) -> dict[str, GridGeometry]:
+    """``geometry.json`` of an array directory: patient -> where its voxels lie (empty when absent, as in
+    arrays built before it existed)."""
+    path = array_dir / GEOMETRY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        return {str(patient): GridGeometry.from_json(entry) for patient, entry in entries.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path} is not a geometry file of this version: rerun slice-2d / stack-3d") from None
 
 
 def load_index(array_dir: Path) -> pd.DataFrame:

@@ -48,6 +48,11 @@ def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -401,7 +401,13 @@ class EvaluateParams:
 
     bootstrap: int = 2000
     ci: float = 0.95
+    calibration_bins: int = 5
+    """Bins of equal patient counts in the reliability diagram (few: a test split has a dozen patients)."""
 
     def __post_init__(self) -> None:
         _require(self.bootstrap >= 100, f"evaluate.bootstrap: at least 100 resamples, got {self.bootstrap}")
         _require(0.5 < self.ci < 1, f"evaluate.ci: must be in (0.5, 1), got {self.ci}")
+        _require(
+            2 <= self.calibration_bins <= 20,
+            f"evaluate.calibration_bins: 2 to 20, got {self.calibration_bins}",
+        )

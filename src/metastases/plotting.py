@@ -23,7 +23,8 @@ from metastases.params import CLASSES
 DPI = 110
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
+    """Lay out, write ``path`` atomically as PNG, close."""
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI)
@@ -59,7 +60,7 @@ def plot_cv_loss(table: pd.DataFrame, title: str, path: Path) -> None:
     ax_auc.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
     ax_auc.set(xlabel="epoch", ylabel="AUC (mean over folds)", ylim=(0, 1.02), title=f"{title}: validation")
     ax_auc.legend(loc="lower right")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_roc(curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]], path: Path) -> None:
@@ -83,7 +84,7 @@ def plot_roc(curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]],
     )
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion(matrices: dict[str, pd.DataFrame], path: Path) -> None:
@@ -99,4 +100,4 @@ def plot_confusion(matrices: dict[str, pd.DataFrame], path: Path) -> None:
         ax.set_xticks([0, 1], CLASSES)
         ax.set_yticks([0, 1], CLASSES)
         ax.set(xlabel="predicted", ylabel="actual", title=name)
-    _save(figure, path)
+    save_figure(figure, path)

@@ -14,10 +14,12 @@ the arrays must be the same bytes on any CPU (docs/reproducibility.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -159,8 +161,60 @@ def head_box(reference: nib.Nifti1Image) -> tuple[float, float, float, float]:
     return box[0], box[1], box[2], box[3]
 
 
-def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
-    """World (RAS mm) centres ``[depth, S, S, 3]`` of the output voxels, laid out head-up.
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where the voxels of one patient's array lie in the world: enough to bring a location in the array
+    (``slice, row, column``, fractional) back to RAS millimetres, and to write it down (``geometry.json``).
+
+    ``affine`` maps the reference's canonical voxel ``(i, j, k)`` to RAS mm. Column ``c`` is voxel
+    ``i = centre_i + span_i * (0.5 - (c + 0.5) / size)`` (columns run from the patient's right to left),
+    row ``r`` is ``j = centre_j + span_j * (0.5 - (r + 0.5) / size)`` (anterior to posterior) and slice
+    ``s`` is ``k = slices[s]`` (linearly between entries for a fractional ``s``).
+    """
+
+    affine: tuple[tuple[float, ...], ...]
+    centre_i: float
+    span_i: float
+    centre_j: float
+    span_j: float
+    size: int
+    slices: tuple[float, ...]
+
+    def voxels(self, slices: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Reference voxel coordinates ``(..., 3)`` (i, j, k) of array positions (broadcast together)."""
+        steps_c = 0.5 - (np.asarray(columns, np.float64) + 0.5) / self.size
+        steps_r = 0.5 - (np.asarray(rows, np.float64) + 0.5) / self.size
+        k = np.interp(np.asarray(slices, np.float64), np.arange(len(self.slices)), np.asarray(self.slices))
+        i, j, k = np.broadcast_arrays(
+            self.centre_i + self.span_i * steps_c, self.centre_j + self.span_j * steps_r, k
+        )
+        return np.stack([i, j, k], axis=-1)
+
+    def world(self, slice_: float, row: float, column: float) -> tuple[float, float, float]:
+        """RAS mm of one array position."""
+        point = apply_affine(
+            np.asarray(self.affine), self.voxels(np.asarray(slice_), np.asarray(row), np.asarray(column))
+        )
+        return float(point[0]), float(point[1]), float(point[2])
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> GridGeometry:
+        return cls(
+            affine=tuple(tuple(float(v) for v in row) for row in entry["affine"]),
+            centre_i=float(entry["centre_i"]),
+            span_i=float(entry["span_i"]),
+            centre_j=float(entry["centre_j"]),
+            span_j=float(entry["span_j"]),
+            size=int(entry["size"]),
+            slices=tuple(float(v) for v in entry["slices"]),
+        )
+
+
+def grid_geometry(reference: nib.Nifti1Image, params: VolumeParams) -> GridGeometry:
+    """The output grid of :func:`target_grid` for ``reference`` (the T1+C volume, canonical RAS).
 
     The in-plane field of view is the reference's (``crop: none``) or the smallest square around the
     head's bounding box plus a margin (``crop: head``: the head fills about 3/4 of a scanner's field of
@@ -168,9 +222,7 @@ def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
     ``S x S`` pixels; rows run anterior to posterior and columns from the patient's right to left (as a
     radiologist views an axial slice), slices upwards.
     """
-    size = params.image_size
     n_i, n_j, n_k = reference.shape[:3]
-    k = depth_positions(n_k, params)
     centre_i, centre_j = (n_i - 1) / 2, (n_j - 1) / 2
     span_i, span_j = float(n_i), float(n_j)  # in voxels
     if params.crop == "head":
@@ -179,12 +231,33 @@ def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
         side_mm = max((i_high - i_low + 1) * spacing_i, (j_high - j_low + 1) * spacing_j) + 2 * HEAD_MARGIN_MM
         centre_i, centre_j = (i_low + i_high) / 2, (j_low + j_high) / 2
         span_i, span_j = side_mm / spacing_i, side_mm / spacing_j
+    return GridGeometry(
+        affine=tuple(tuple(float(v) for v in row) for row in np.asarray(reference.affine, np.float64)),
+        centre_i=float(centre_i),
+        span_i=float(span_i),
+        centre_j=float(centre_j),
+        span_j=float(span_j),
+        size=params.image_size,
+        slices=tuple(float(v) for v in depth_positions(n_k, params)),
+    )
+
+
+def target_grid(reference: nib.Nifti1Image, params: VolumeParams) -> np.ndarray:
+    """World (RAS mm) centres ``[depth, S, S, 3]`` of the output voxels, laid out head-up (see
+    :func:`grid_geometry` for the field of view and the orientation)."""
+    return grid_world(grid_geometry(reference, params), reference.affine)
+
+
+def grid_world(geometry: GridGeometry, affine: np.ndarray) -> np.ndarray:
+    """World (RAS mm) centres ``[depth, S, S, 3]`` of every voxel of ``geometry``."""
+    size = geometry.size
     # canonical voxel axes point to the right (i), anterior (j), superior (k): flip i and j for display
     steps = 0.5 - (np.arange(size) + 0.5) / size
-    columns = centre_i + span_i * steps
-    rows = centre_j + span_j * steps
+    columns = geometry.centre_i + geometry.span_i * steps
+    rows = geometry.centre_j + geometry.span_j * steps
+    k = np.asarray(geometry.slices, np.float64)
     voxels = np.stack(np.meshgrid(k, rows, columns, indexing="ij"), axis=-1)[..., ::-1]  # (i, j, k)
-    return apply_affine(reference.affine, voxels)
+    return apply_affine(affine, voxels)
 
 
 def sample(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
@@ -207,10 +280,19 @@ def sample(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
 
 def patient_tensor(volume_paths: Mapping[str, str | Path], params: VolumeParams) -> np.ndarray:
     """Build the ``[3, depth, size, size]`` float32 tensor of one patient (channels FLAIR, T2, T1+C)."""
+    return patient_tensor_and_grid(volume_paths, params)[0]
+
+
+def patient_tensor_and_grid(
+    volume_paths: Mapping[str, str | Path], params: VolumeParams
+) -> tuple[np.ndarray, GridGeometry]:
+    """:func:`patient_tensor` and where its voxels lie (:class:`GridGeometry`)."""
     images = {sequence: _canonical(volume_paths[sequence]) for sequence in SEQUENCES}
-    world = target_grid(images[REFERENCE_SEQUENCE], params)
+    reference = images[REFERENCE_SEQUENCE]
+    geometry = grid_geometry(reference, params)
+    world = grid_world(geometry, reference.affine)
     channels = [
         normalise(sample(images[sequence], world), params.normalise, params.clip_percentiles)
         for sequence in SEQUENCES
     ]
-    return np.stack(channels)
+    return np.stack(channels), geometry

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from metastases.atomic import write_text
+from metastases.atomic import write_bytes, write_text
 from metastases.cli import configure_logging, run_stage
 from metastases.compare import dvc_cli
 from metastases.compare.render import Plot, parse_plots, write_pngs
@@ -178,6 +178,39 @@ def read_at_revision(rev: str, path: str, repo: Path = Path(".")) -> str | None:
         return file.read_text() if file.is_file() else None
     done = _git(["show", f"{resolve_revision(rev, repo)}:./{path}"], repo)
     return done.stdout if done.returncode == 0 else None
+
+
+def read_bytes_at_revision(rev: str, path: str, repo: Path = Path(".")) -> bytes | None:
+    """Like :func:`read_at_revision`, for binary files (pictures)."""
+    if rev == dvc_cli.WORKSPACE:
+        file = Path(repo) / path
+        return file.read_bytes() if file.is_file() else None
+    command = ["git", "show", f"{resolve_revision(rev, repo)}:./{path}"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+EVIDENCE_MONTAGE = "plots/evidence.png"
+
+
+def evidence_section(base: str, head: str, out_dir: Path, repo: Path = Path(".")) -> str:
+    """Both revisions' montage of where the models looked on the held-out patients, one under the other."""
+    parts = [
+        "## Where the models looked\n",
+        f"`{EVIDENCE_MONTAGE}`: T1+C of every held-out patient at each model's strongest evidence (+), "
+        "grouped "
+        "true positives, false negatives, false positives, true negatives; green circles are the true "
+        "metastases when the cohort knows them.\n",
+    ]
+    for label, rev in (("base", base), ("head", head)):
+        data = read_bytes_at_revision(rev, EVIDENCE_MONTAGE, repo)
+        if data is None:
+            parts.append(f"### {label} `{rev}`\n\nNo evidence montage at this revision.\n")
+            continue
+        name = f"evidence_{label}.png"
+        write_bytes(out_dir / name, data)
+        parts.append(f"### {label} `{rev}`\n\n![evidence, {label}]({name})\n")
+    return "\n".join(parts)
 
 
 def parse_predictions(text: str, where: str) -> pd.DataFrame:
@@ -395,6 +428,7 @@ def write_report(
             params_section(params, base, head),
             metrics_section(metrics, base, head, all_metrics),
             plots_section(pngs, out_dir),
+            evidence_section(base, head, out_dir, repo),
         ]
     )
     report = out_dir / "report.md"

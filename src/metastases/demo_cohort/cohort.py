@@ -16,9 +16,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from metastases.atomic import write_csv
-from metastases.demo_cohort.patient import PatientSpec, write_patient
+from metastases.demo_cohort.anatomy import load_template
+from metastases.demo_cohort.patient import PatientSpec, lesion_truth, plan_patient, write_patient
 from metastases.errors import ParamsError, UserError
 from metastases.ingest.keys import DEMO_MARKER, DEMO_MARKER_TEXT
+from metastases.lesion_truth import COLUMNS as LESION_COLUMNS
+from metastases.lesion_truth import LESIONS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,19 @@ def cohort_specs(patients: int, seed: int, size_scale: float = 1.0) -> list[Pati
     return specs
 
 
+def _write_patient(spec: PatientSpec, root: Path) -> tuple[int, list[dict[str, object]]]:
+    """Write one patient; return its file count and its ``lesions.csv`` rows."""
+    plan = plan_patient(spec, load_template())
+    return write_patient(spec, root, plan), lesion_truth(plan)
+
+
 def _is_previous_cohort(out_dir: Path) -> bool:
     """True when ``out_dir`` holds only labels.csv, the demo marker and mts-/norma- folders of fake
     (demo) patients."""
     entries = list(out_dir.iterdir())
     if not any(e.name == "labels.csv" for e in entries):
         return False
-    folders = [e for e in entries if e.name not in ("labels.csv", DEMO_MARKER)]
+    folders = [e for e in entries if e.name not in ("labels.csv", LESIONS_FILE, DEMO_MARKER)]
     if not all(e.is_dir() and _PATIENT_FOLDER.match(e.name) for e in folders):
         return False
     for folder in folders:
@@ -83,7 +92,8 @@ def build_cohort(
     workers: int = 2,
     size_scale: float = 1.0,
 ) -> Path:
-    """Write ``patients`` synthetic studies, ``labels.csv`` (``patient,label``) and the demo marker
+    """Write ``patients`` synthetic studies, ``labels.csv`` (``patient,label``), ``lesions.csv`` (where
+    every lesion and mimic is: :mod:`metastases.lesion_truth`) and the demo marker
     (:data:`metastases.ingest.keys.DEMO_MARKER`) into ``out_dir``.
 
     Same ``seed`` -> byte-identical files whatever ``workers``. ``size_scale`` < 1 shrinks every matrix
@@ -99,23 +109,33 @@ def build_cohort(
     building.mkdir(parents=True)
     try:
         files = 0
+        truth: list[dict[str, object]] = []
         # One BLAS thread everywhere: workers do not oversubscribe the cores, and results cannot depend on
         # how a library splits a product across threads (same bytes whatever ``workers``).
         with tqdm(total=len(specs), desc="demo cohort", unit="patient") as bar, threadpool_limits(1):
             if workers == 1:
                 for spec in specs:
-                    files += write_patient(spec, building)
+                    count, rows = _write_patient(spec, building)
+                    files, truth = files + count, truth + rows
                     bar.update()
             else:
                 with ProcessPoolExecutor(
                     max_workers=min(workers, len(specs)), initializer=threadpool_limits, initargs=(1,)
                 ) as pool:
-                    futures = [pool.submit(write_patient, spec, building) for spec in specs]
+                    futures = [pool.submit(_write_patient, spec, building) for spec in specs]
                     for future in as_completed(futures):
-                        files += future.result()
+                        count, rows = future.result()
+                        files, truth = files + count, truth + rows
                         bar.update()
         labels = pd.DataFrame({"patient": [s.name for s in specs], "label": [s.label for s in specs]})
         write_csv(building / "labels.csv", labels.sort_values("patient", key=_natural_key))
+        # where every lesion is (LPS mm): for scoring where a model looked; ingest and training never read it
+        lesions = pd.DataFrame(truth, columns=list(LESION_COLUMNS))
+        order = lesions["patient"].map(_natural_key_of).tolist()
+        lesions = (
+            lesions.assign(_order=order).sort_values(["_order", "kind", "lesion"]).drop(columns="_order")
+        )
+        write_csv(building / LESIONS_FILE, lesions)
         # tells ingest (patient_key: auto) that the folder names are fake and may stay as patient keys
         (building / DEMO_MARKER).write_text(DEMO_MARKER_TEXT)
         if out_dir.exists():
@@ -131,6 +151,10 @@ def build_cohort(
     return out_dir
 
 
+def _natural_key_of(name: str) -> tuple[str, int]:
+    return name.split("-")[0], int(name.split("-")[1])
+
+
 def _natural_key(names: pd.Series) -> pd.Series:
     """Sort ``mts-2`` before ``mts-10``."""
-    return names.map(lambda name: (name.split("-")[0], int(name.split("-")[1])))
+    return names.map(_natural_key_of)

@@ -343,6 +343,29 @@ def _file_paths(plan: PatientPlan, root: Path, rng: np.random.Generator) -> list
     return paths
 
 
+def lesion_truth(plan: PatientPlan) -> list[dict[str, object]]:
+    """Rows of ``lesions.csv`` (see :mod:`metastases.lesion_truth`) for one patient: each lesion's centre in
+    DICOM patient coordinates (LPS mm, rounded to 0.01 mm), diameter, kind and whether it enhances."""
+    rows: list[dict[str, object]] = []
+    counters = {"metastasis": 0, "mimic": 0}
+    for lesion in plan.lesions:
+        counters[lesion.kind] += 1
+        lps = plan.head.to_patient(np.asarray(lesion.centre, np.float64)) * LPS_FROM_RAS
+        rows.append(
+            {
+                "patient": plan.spec.name,
+                "lesion": counters[lesion.kind],
+                "kind": lesion.kind,
+                "x_mm": round(float(lps[0]), 2) + 0.0,
+                "y_mm": round(float(lps[1]), 2) + 0.0,
+                "z_mm": round(float(lps[2]), 2) + 0.0,
+                "diameter_mm": round(2 * lesion.radius, 2),
+                "enhancing": "yes" if lesion.kind == "metastasis" else "no",
+            }
+        )
+    return rows
+
+
 def write_patient(spec: PatientSpec, root: Path, plan: PatientPlan | None = None) -> int:
     """Render and write one patient under ``root / spec.name``; returns the number of files written.
 

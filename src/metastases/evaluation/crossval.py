@@ -14,12 +14,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from metastases.arrays import load_geometry
 from metastases.atomic import write_csv, write_json
+from metastases.evaluation.calibration import brier
+from metastases.evaluation.evidence import (
+    Evidence,
+    can_explain,
+    ensemble_evidence,
+    evidence_for,
+    pointing_game,
+)
 from metastases.evaluation.metrics import auc, roc_table, youden_threshold
+from metastases.lesion_truth import read_lesions
 from metastases.models import check_model
 from metastases.params import CrossValidateParams, TrainParams
 from metastases.training.checkpoint import Ensemble, load_ensemble
+from metastases.training.dataset import PatientArrays
+from metastases.training.loop import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,7 @@ def summarise(ensemble: Ensemble, threshold_rule: str) -> dict:
     flat_folds = {f"fold{f['fold']}_auc": f["auc"] for f in per_fold}
     return {
         "oof_auc": auc(oof["label"], oof["score"]),
+        "brier": brier(oof["label"].to_numpy(), oof["score"].to_numpy()),
         "auc_mean": float(aucs.mean()),
         "auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
         "auc_min": float(aucs.min()),
@@ -67,13 +81,37 @@ def summarise(ensemble: Ensemble, threshold_rule: str) -> dict:
     }
 
 
+def out_of_fold_evidence(ensemble: Ensemble, array_dir: Path, batch_size: int) -> dict[str, Evidence] | None:
+    """Each training patient's evidence from the one fold model that did not train on it (None for models
+    without evidence maps). Runs on the CPU: a forward pass over the training split."""
+    if not can_explain([f.model for f in ensemble.folds]):
+        return None
+    device = torch.device("cpu")
+    depth = ensemble.input_shape[1] if ensemble.dim == "3d" else ensemble.input_shape[0] // 3
+    evidence: dict[str, Evidence] = {}
+    for fold in ensemble.folds:
+        rows = ensemble.out_of_fold[ensemble.out_of_fold["fold"] == fold.fold]
+        loader = make_loader(PatientArrays(array_dir, rows), batch_size, False, 0, 0, device)
+        heats = ensemble_evidence([fold.model], loader, device, depth=depth)
+        evidence.update(evidence_for([str(p) for p in rows["patient"]], heats))
+    return evidence
+
+
 def run_cross_validation(
     model_paths: dict[str, Path],
     train_params: dict[str, TrainParams],
     params: CrossValidateParams,
     outputs: CrossValidateOutputs,
+    *,
+    array_dirs: dict[str, Path] | None = None,
+    raw_dir: Path | None = None,
 ) -> dict:
-    """Summarise the fold models' out-of-fold predictions (keys ``2d``/``3d``): nothing is trained here."""
+    """Summarise the fold models' out-of-fold predictions (keys ``2d``/``3d``): nothing is trained here.
+
+    With ``array_dirs`` and a ``raw_dir`` holding ``lesions.csv``, also the out-of-fold localisation: how
+    often each fold model's strongest evidence on the patients it did not train on lies in a metastasis.
+    """
+    lesions = read_lesions(raw_dir) if raw_dir is not None and array_dirs else None
     summary: dict[str, dict] = {}
     predictions: list[pd.DataFrame] = []
     for dim, path in model_paths.items():
@@ -81,6 +119,17 @@ def run_cross_validation(
         check_model(model_params.model, dim, model_params.section_name)
         ensemble = load_ensemble(path, model_params.model, dim, None, f"train-{dim}")
         summary[dim] = summarise(ensemble, params.threshold)
+        if lesions is not None and array_dirs and dim in array_dirs:
+            evidence = out_of_fold_evidence(ensemble, array_dirs[dim], model_params.batch_size)
+            if evidence is None:
+                log.info("cross-validate %s: %s has no evidence maps; localisation not scored", dim,
+                         model_params.model)  # fmt: skip
+            else:
+                oof = ensemble.out_of_fold
+                labels = dict(zip(oof["patient"].astype(str), oof["label"].astype(int), strict=True))
+                game = pointing_game(evidence, labels, load_geometry(array_dirs[dim]), lesions)
+                summary[dim]["localisation"] = game["localisation"]
+                summary[dim]["localisation_patients"] = game["localisation_patients"]
         predictions.append(
             ensemble.out_of_fold.assign(model=dim)[["patient", "label", "score", "model", "fold"]]
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +18,21 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from metastases.arrays import load_geometry
 from metastases.atomic import write_csv, write_json
 from metastases.errors import UserError
+from metastases.evaluation.calibration import PlattScaling, brier, plot_calibration
+from metastases.evaluation.evidence import (
+    Evidence,
+    can_explain,
+    ensemble_evidence,
+    evidence_for,
+    pointing_game,
+)
+from metastases.evaluation.evidence_plots import ModelView, plot_evidence_montage, plot_patient_evidence
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at, roc_table
+from metastases.evaluation.model_card import ModelCardInputs, write_model_card
+from metastases.lesion_truth import read_lesions
 from metastases.models import check_model
 from metastases.params import CLASSES, EvaluateParams, TrainParams
 from metastases.plotting import plot_confusion, plot_roc
@@ -39,7 +53,8 @@ class EvaluateOutputs:
     predictions: Path = Path("metrics/predictions.csv")
     plots_dir: Path = Path("plots")
     """``roc/model_<dim>.csv`` (fpr, tpr, threshold), ``confusion/model_<dim>.csv`` (actual, predicted),
-    ``roc.png``, ``confusion.png``."""
+    ``roc.png``, ``confusion.png``, ``calibration.png``, ``evidence.png`` and ``evidence/<patient>.png``."""
+    model_card: Path = Path("MODEL_CARD.md")
 
 
 def read_cv_thresholds(path: Path, dims: list[str]) -> dict[str, float]:
@@ -59,6 +74,41 @@ def ensemble_scores(ensemble: Ensemble, loader: DataLoader, device: torch.device
     return np.mean(member_scores, axis=0)
 
 
+def read_cv_predictions(path: Path) -> pd.DataFrame:
+    """The out-of-fold predictions cross-validate wrote (patient, label, score, model, fold)."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: run cross-validate first (dvc repro cross-validate)")
+    table = pd.read_csv(path, dtype={"patient": str, "model": str})
+    if not {"patient", "label", "score", "model"} <= set(table.columns):
+        raise UserError(f"{path} is not an out-of-fold prediction table: rerun cross-validate")
+    return table
+
+
+@dataclass
+class _Explained:
+    """What the evidence pictures need of one model on the test patients."""
+
+    title: str
+    array_dir: Path
+    evidence: dict[str, Evidence]
+    scores: dict[str, float]
+    labels: dict[str, int]
+    threshold: float
+
+
+def explain(
+    ensemble: Ensemble, array_dir: Path, patients: pd.DataFrame, device: torch.device, batch_size: int
+) -> dict[str, Evidence] | None:
+    """Evidence maps of the ensemble's members (mean) for ``patients``; None for models without them."""
+    models = [m.model for m in ensemble.members]
+    if not can_explain(models):
+        return None
+    loader = make_loader(PatientArrays(array_dir, patients), batch_size, False, 0, 0, device)
+    depth = ensemble.input_shape[1] if ensemble.dim == "3d" else ensemble.input_shape[0] // 3
+    heats = ensemble_evidence(models, loader, device, depth=depth)
+    return evidence_for([str(p) for p in patients["patient"]], heats)
+
+
 def run_evaluation(
     array_dirs: dict[str, Path],
     model_paths: dict[str, Path],
@@ -68,9 +118,33 @@ def run_evaluation(
     params: EvaluateParams,
     seed: int,
     outputs: EvaluateOutputs,
+    *,
+    raw_dir: Path | None = None,
+    cv_predictions_path: Path | None = None,
 ) -> dict:
-    """Evaluate each model (keys ``2d``/``3d``) on the test split; returns what goes to ``evaluate.json``."""
+    """Evaluate each model (keys ``2d``/``3d``) on the test split; returns what goes to ``evaluate.json``.
+
+    Args:
+        array_dirs: per model, the arrays (and their ``geometry.json``).
+        model_paths: per model, the fold-model checkpoint.
+        splits_path: ``data/splits.csv``.
+        cv_metrics_path: ``metrics/cv.json`` (the thresholds chosen out of fold).
+        train_params: ``train_2d`` / ``train_3d`` (model name, batch size, device).
+        params: the ``evaluate`` section.
+        seed: the shared seed (bootstrap).
+        outputs: where everything is written.
+        raw_dir: the raw cohort; its ``lesions.csv``, when present, scores where the models looked.
+        cv_predictions_path: out-of-fold predictions, for calibration (Platt scaling is fitted on them).
+    """
     thresholds = read_cv_thresholds(cv_metrics_path, list(array_dirs))
+    lesions = read_lesions(raw_dir) if raw_dir is not None else None
+    oof = read_cv_predictions(cv_predictions_path) if cv_predictions_path is not None else None
+    explained: dict[str, _Explained] = {}
+    calibration_panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+        "out-of-fold": {},
+        "held-out": {},
+    }
+    ensembles: dict[str, Ensemble] = {}
     results: dict[str, dict] = {}
     predictions: list[pd.DataFrame] = []
     curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]] = {}
@@ -101,6 +175,7 @@ def run_evaluation(
         value = auc(labels, scores)
         low, high = bootstrap_auc_ci(labels, scores, params.bootstrap, params.ci, seed)
         threshold = thresholds[dim]
+        ensembles[dim] = ensemble
         results[dim] = {
             "auc": value,
             "auc_ci_low": low,
@@ -108,10 +183,41 @@ def run_evaluation(
             **metrics_at(labels, scores, DEFAULT_THRESHOLD),
             "threshold": threshold,
             "at_cv_threshold": metrics_at(labels, scores, threshold),
+            "brier": brier(labels, scores),
             "test_patients": len(test),
             "learned": ensemble.learned,
             "ensemble_models": len(ensemble.members),
         }
+        name = f"{dim.upper()} {model_params.model}"
+        calibration_panels["held-out"][name] = (labels, scores)
+        if oof is not None:
+            model_oof = oof[oof["model"] == dim]
+            if len(set(model_oof["label"])) == 2:
+                oof_labels, oof_scores = model_oof["label"].to_numpy(), model_oof["score"].to_numpy()
+                platt = PlattScaling.fit(oof_labels, oof_scores)
+                results[dim]["brier_platt"] = brier(labels, platt.apply(scores))
+                calibration_panels["out-of-fold"][name] = (oof_labels, oof_scores)
+                calibration_panels["held-out"][f"{name}, Platt-scaled on out-of-fold"] = (
+                    labels, platt.apply(scores)
+                )  # fmt: skip
+        evidence = explain(ensemble, array_dir, test, device, model_params.batch_size)
+        if evidence is None:
+            log.info(
+                "evaluate %s: %s has no per-location evidence; no evidence maps", dim, model_params.model
+            )
+        else:
+            patients = [str(p) for p in test["patient"]]
+            explained[dim] = _Explained(
+                name, array_dir, evidence, dict(zip(patients, scores.tolist(), strict=True)),
+                dict(zip(patients, labels.tolist(), strict=True)), threshold,
+            )  # fmt: skip
+            if lesions is not None:
+                game = pointing_game(evidence, explained[dim].labels, load_geometry(array_dir), lesions)
+                results[dim]["localisation"] = game["localisation"]
+                results[dim]["localisation_patients"] = game["localisation_patients"]
+                log.info("evaluate %s: highest evidence inside a true metastasis for %s of %d patients", dim,
+                         f"{game['localisation']:.2f}" if game["localisation"] is not None else "none",
+                         game["localisation_patients"])  # fmt: skip
         predictions.append(test.assign(score=scores, model=dim))
         curves[f"{dim.upper()} {model_params.model}"] = (roc_table(labels, scores), value, (low, high))
         confusions[dim] = pd.DataFrame(
@@ -132,8 +238,64 @@ def run_evaluation(
         {f"{d.upper()} {train_params[d].model} (threshold 0.5)": t for d, t in confusions.items()},
         outputs.plots_dir / "confusion.png",
     )
+    plot_calibration(
+        {title: curves for title, curves in calibration_panels.items() if curves},
+        params.calibration_bins,
+        outputs.plots_dir / "calibration.png",
+    )
+    write_evidence_pictures(explained, lesions, outputs.plots_dir)
     write_csv(
         outputs.predictions, pd.concat(predictions, ignore_index=True)[["patient", "label", "score", "model"]]
     )
+    write_model_card(
+        outputs.model_card,
+        ModelCardInputs(
+            results=results,
+            cv_summary=json.loads(cv_metrics_path.read_text()),
+            ensembles=ensembles,
+            train_params=train_params,
+            splits=pd.read_csv(splits_path, dtype={"patient": str}),
+            evaluate_params=params,
+            has_lesion_truth=lesions is not None,
+        ),
+    )
     write_json(outputs.metrics, results)
     return results
+
+
+def write_evidence_pictures(
+    explained: dict[str, _Explained], lesions: pd.DataFrame | None, plots_dir: Path
+) -> None:
+    """``evidence/<patient>.png`` for every held-out patient (one row per model that has maps) and the
+    montage ``evidence.png``; a stale ``evidence/`` of an earlier run is replaced."""
+    folder = plots_dir / "evidence"
+    if folder.exists():
+        shutil.rmtree(folder)
+    if not explained:
+        return
+    folder.mkdir(parents=True)
+    geometry = {dim: load_geometry(item.array_dir) for dim, item in explained.items()}
+    montage: dict[str, list[tuple[str, ModelView]]] = {item.title: [] for item in explained.values()}
+    patients = sorted({p for item in explained.values() for p in item.evidence}, key=_natural)
+    for patient in patients:
+        views = []
+        for dim, item in explained.items():
+            if patient not in item.evidence:
+                continue
+            view = ModelView(
+                title=item.title,
+                array=np.load(item.array_dir / f"{patient}.npy", mmap_mode="r"),
+                evidence=item.evidence[patient],
+                probability=item.scores[patient],
+                threshold=item.threshold,
+                label=item.labels[patient],
+                geometry=geometry[dim].get(patient),
+            )
+            views.append(view)
+            montage[item.title].append((patient, view))
+        plot_patient_evidence(patient, views, lesions, folder / f"{patient}.png")
+    plot_evidence_montage(montage, lesions, plots_dir / "evidence.png")
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

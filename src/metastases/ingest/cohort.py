@@ -34,6 +34,7 @@ from metastases.ingest.patient import (
 from metastases.ingest.report import PROBLEM_KINDS, Problem, Skipped
 from metastases.ingest.series import CHOICE_RULE, MATCH_ORDER
 from metastases.ingest.studies import STUDY_RULES_TEXT
+from metastases.lesion_truth import LESIONS_FILE
 from metastases.params import SEQUENCES, IngestParams
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,11 @@ def ingest_cohort(
         raise UserError("two patient folders map to the same key; use distinct folder names or another salt")
     orphans = sorted((set(csv_labels) | set(csv_bad)) - {folder.name for folder in folders})
     # other entries at the raw root (stray files, hidden folders) are listed by count only: names may identify
-    stray = [p for p in raw_dir.iterdir() if p not in folders and p.name not in (LABELS_FILE, DEMO_MARKER)]
+    stray = [
+        p
+        for p in raw_dir.iterdir()
+        if p not in folders and p.name not in (LABELS_FILE, LESIONS_FILE, DEMO_MARKER)
+    ]
     log.info("ingesting %d patient(s) from %s with %d worker(s)", len(tasks), raw_dir, params.workers)
 
     with _staged_dir(out_dir) as staging:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from metastases.errors import ParamsError
@@ -109,6 +110,24 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 2) -
     return MODELS[name].build(tuple(int(v) for v in input_shape), num_classes)
 
 
+def has_evidence(model: nn.Module) -> bool:
+    """Whether the model can say where it found the evidence (the multiple-instance models can)."""
+    return callable(getattr(model, "evidence", None))
+
+
+def evidence_map(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """``[B, depth, h, w]`` per-location evidence (metastasis-minus-normal logit) of a multiple-instance
+    model, at its feature-map resolution; the location with the highest value is where it looked.
+
+    Only models with an ``evidence`` method have one: in the others (the seed's AlexNet and LeNet, the
+    compact and torchvision networks) the first layer mixes all slices (2D) or the global pooling averages
+    every location, so a map would need Grad-CAM, which is not faithful to what drove the score.
+    """
+    if not has_evidence(model):
+        raise ValueError(f"{type(model).__name__} has no per-location evidence")
+    return model.evidence(batch)  # type: ignore[operator]
+
+
 __all__ = [
     "MODELS",
     "AlexNet2D",
@@ -118,5 +137,7 @@ __all__ = [
     "VolumeMIL",
     "build_model",
     "check_model",
+    "evidence_map",
+    "has_evidence",
     "model_dim",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 Stride = int | tuple[int, ...]
@@ -30,3 +31,16 @@ def conv_stages(
         ]
         previous = width
     return nn.Sequential(*layers)
+
+
+def location_logits(features: torch.Tensor, head: nn.Linear) -> torch.Tensor:
+    """Class activation map: the metastasis-minus-normal logit that ``head`` would give each location of
+    ``features`` ``[N, F, *spatial]`` alone (Zhou et al. 2016), ``[N, *spatial]``.
+
+    For a network that pools its features over space and then applies ``head``, this says which location
+    carries the evidence; with max pooling the patient's score is driven by its strongest locations.
+    """
+    weight = head.weight[1] - head.weight[0]  # [F]
+    bias = head.bias[1] - head.bias[0] if head.bias is not None else features.new_zeros(())
+    shape = (1, -1) + (1,) * (features.dim() - 2)
+    return (features * weight.reshape(shape)).sum(dim=1) + bias

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metastases.models.layers import conv_stages
+from metastases.models.layers import conv_stages, location_logits
 
 
 class SliceMIL(nn.Module):
@@ -63,3 +63,12 @@ class SliceMIL(nn.Module):
         per_slice = torch.amax(features, dim=(2, 3))  # strongest response in each slice
         pooled = per_slice.reshape(x.shape[0], self.depth, -1).amax(dim=1)  # ... and over slices
         return self.classifier(pooled)
+
+    def evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-location evidence ``[B, depth, h, w]``: the metastasis-minus-normal logit of each feature-map
+        cell of each slice (:func:`~metastases.models.layers.location_logits`); ``h, w`` = ``S`` / 8."""
+        features = self.encoder(self.instances(x))  # [B * depth, F, h, w]
+        linear = self.classifier[-1]
+        assert isinstance(linear, nn.Linear)
+        maps = location_logits(features, linear)
+        return maps.reshape(x.shape[0], self.depth, *maps.shape[1:])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metastases.models.layers import conv_stages
+from metastases.models.layers import conv_stages, location_logits
 
 Stride = tuple[int, int, int]
 
@@ -48,3 +48,11 @@ class VolumeMIL(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)  # [B, F, d, h, w]
         return self.classifier(torch.amax(features, dim=(2, 3, 4)))  # strongest response anywhere
+
+    def evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-location evidence ``[B, d, h, w]``: the metastasis-minus-normal logit of each feature-map cell
+        (:func:`~metastases.models.layers.location_logits`); with the default strides ``d = D``, ``h, w`` =
+        ``S`` / 4."""
+        linear = self.classifier[-1]
+        assert isinstance(linear, nn.Linear)
+        return location_logits(self.encoder(x), linear)

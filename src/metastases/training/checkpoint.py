@@ -57,14 +57,25 @@ class Ensemble:
 
 
 def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
-                  input_shape: tuple[int, ...], seed: int) -> None:  # fmt: skip
-    """Write every fold model of ``cv`` with its patients, learned flag and the out-of-fold scores."""
+                  input_shape: tuple[int, ...], seed: int,
+                  preprocessing: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write every fold model of ``cv`` with its patients, learned flag and the out-of-fold scores.
+
+    Args:
+        path: the checkpoint file (written atomically).
+        cv: the trained fold models.
+        model_name: registry name; ``dim`` its array layout; ``input_shape`` one sample's shape.
+        seed: the training seed.
+        preprocessing: the ``slice_2d``/``stack_3d`` params that built the arrays, so that a new study can
+            be prepared the same way (``metastases.predict``) whatever params.yaml says later.
+    """
     payload: dict[str, Any] = {
         "format": FORMAT,
         "model": model_name,
         "dim": dim,
         "input_shape": list(input_shape),
         "seed": seed,
+        "preprocessing": preprocessing,
         "folds": [
             {
                 "fold": f.fold,
@@ -98,6 +109,25 @@ def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
         tmp.write_bytes(buffer.getvalue())
 
 
+def open_ensemble(path: Path, fix: str) -> Ensemble:
+    """Rebuild whatever model the checkpoint holds (its own model name and layout, not params'), e.g. for
+    scoring a new study; ``fix`` ends every error line."""
+    payload = _read_payload(path, fix)
+    return _from_payload(path, payload, str(payload["model"]), str(payload["dim"]), None, fix)
+
+
+def _read_payload(path: Path, fix: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} not found: {fix}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: torch raises many types
+        raise UserError(f"{path}: not a readable model checkpoint ({type(exc).__name__}); {fix}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a checkpoint written by this version (format {FORMAT}); {fix}")
+    return payload
+
+
 def load_ensemble(
     path: Path, model_name: str, dim: str, input_shape: tuple[int, ...] | None, stage: str
 ) -> Ensemble:
@@ -107,14 +137,17 @@ def load_ensemble(
     with the current params or data is a one-line :class:`UserError` that names the stage to rerun.
     """
     fix = f"rerun {stage} (dvc repro {stage})"
-    if not path.is_file():
-        raise UserError(f"{path} not found: {fix}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: torch raises many types
-        raise UserError(f"{path}: not a readable model checkpoint ({type(exc).__name__}); {fix}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path}: not a checkpoint written by this version (format {FORMAT}); {fix}")
+    return _from_payload(path, _read_payload(path, fix), model_name, dim, input_shape, fix)
+
+
+def _from_payload(
+    path: Path,
+    payload: dict[str, Any],
+    model_name: str,
+    dim: str,
+    input_shape: tuple[int, ...] | None,
+    fix: str,
+) -> Ensemble:
     if payload["model"] != model_name or payload["dim"] != dim:
         raise UserError(
             f"{path} holds a {payload['dim']} {payload['model']!r} model but params ask for "
@@ -130,7 +163,10 @@ def load_ensemble(
         raise UserError(f"{path} holds no fold model; {fix}")
     folds: list[FoldModel] = []
     for entry in payload["folds"]:
-        model = build_model(model_name, saved_shape)
+        try:
+            model = build_model(model_name, saved_shape)
+        except UserError as exc:  # a model name this version does not know
+            raise UserError(f"{path}: {exc}; {fix}") from None
         try:
             model.load_state_dict(entry["state_dict"])
         except RuntimeError:

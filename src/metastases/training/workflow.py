@@ -5,6 +5,7 @@ All results are computed before the first file is written, so a failure leaves n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from metastases.atomic import write_csv, write_json
 from metastases.models import check_model
-from metastases.params import TrainParams
+from metastases.params import TrainParams, VolumeParams
 from metastases.plotting import plot_cv_loss
 from metastases.training.checkpoint import save_ensemble
 from metastases.training.cohort import load_cohort
@@ -64,7 +65,12 @@ def loss_table(cv: CrossValidation) -> pd.DataFrame:
 
 
 def run_training(
-    array_dir: Path, splits_path: Path, params: TrainParams, seed: int, outputs: TrainOutputs
+    array_dir: Path,
+    splits_path: Path,
+    params: TrainParams,
+    seed: int,
+    outputs: TrainOutputs,
+    preprocessing: VolumeParams | None = None,
 ) -> dict:
     """Train the K fold models of ``params.model`` (each on K-1 folds, scored on the fold left out).
 
@@ -105,7 +111,10 @@ def run_training(
         "device": device.type,
     }
     table = loss_table(cv)
-    save_ensemble(outputs.model, cv, model_name=params.model, dim=params.dim, input_shape=shape, seed=seed)
+    save_ensemble(
+        outputs.model, cv, model_name=params.model, dim=params.dim, input_shape=shape, seed=seed,
+        preprocessing=dataclasses.asdict(preprocessing) if preprocessing is not None else None,
+    )  # fmt: skip
     write_csv(outputs.curves, table)
     plot_cv_loss(table, f"{params.dim.upper()} {params.model}, {len(cv.folds)} fold models", outputs.png)
     write_json(outputs.timing, timing)

@@ -142,7 +142,14 @@ def load_salt(salt_file: Path, environ: Mapping[str, str] | None = None) -> str:
 def key_scheme(
     raw_dir: Path, folder_names: Sequence[str], params: IngestParams, *, salt: str | None = None
 ) -> KeyScheme:
-    """How this cohort's keys are made (see the module docstring). ``salt`` overrides the configured one."""
+    """How this cohort's keys are made (see the module docstring).
+
+    Args:
+        raw_dir: the raw root (where the demo marker would be).
+        folder_names: the patient folder names.
+        params: ``patient_key`` and ``salt_file``.
+        salt: the secret salt, overriding the environment and the salt file; checked like them.
+    """
     mode = params.patient_key
     if mode == "auto":
         if is_demo_cohort(raw_dir, folder_names):

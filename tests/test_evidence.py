@@ -195,9 +195,9 @@ def test_pointing_game_scores_hits_by_hand() -> None:
     labels = {"hit": 1, "near": 1, "miss": 1, "normal": 0, "no-truth": 1}
     geometries = dict.fromkeys(labels, geometry)
     game = pointing_game(evidence, labels, geometries, lesions)
-    assert game["hits"] == {"hit": True, "near": True, "miss": False}
-    assert game["localisation"] == pytest.approx(2 / 3)
-    assert game["localisation_patients"] == 3
+    assert game.hits == {"hit": True, "near": True, "miss": False}
+    assert game.localisation == pytest.approx(2 / 3)
+    assert game.patients == 3
 
 
 def test_lesions_in_view_maps_a_lesion_back_to_its_array_voxel() -> None:

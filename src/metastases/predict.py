@@ -112,7 +112,8 @@ def ingest_study(study: Path, params: IngestParams, work_dir: Path) -> dict[str,
     if not any(p.is_file() for p in study.rglob("*")):
         raise UserError(f"{study} holds no files: give the folder that holds one patient's DICOM files")
     result = ingest_patient(PatientTask(study, STUDY_KEY, UNLABELLED, "", params), work_dir)
-    if result.files_read == 0:
+    not_dicom = sum(p.kind == "not_dicom" for p in result.problems)
+    if result.files_read == 0 or not_dicom == result.files_read:
         raise UserError(f"{study}: no DICOM file could be read; is this a DICOM export?")
     if result.status != "ok":
         skipped = "; ".join(sorted({f"{s.series}: {s.reason}" for s in result.skipped}))[:400]

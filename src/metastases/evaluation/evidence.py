@@ -97,6 +97,15 @@ def _distance(a: tuple[float, float, float], b: tuple[float, float, float]) -> f
     return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
 
 
+@dataclass(frozen=True)
+class PointingGame:
+    localisation: float | None
+    """Share of the scored metastasis patients whose strongest evidence lies in a metastasis."""
+    patients: int
+    """Metastasis patients scored."""
+    hits: dict[str, bool]
+
+
 def pointing_game(
     evidence: dict[str, Evidence],
     labels: dict[str, int],
@@ -104,7 +113,7 @@ def pointing_game(
     lesions: pd.DataFrame,
     *,
     margin_mm: float = HIT_MARGIN_MM,
-) -> dict[str, object]:
+) -> PointingGame:
     """Share of metastasis patients whose highest evidence lies inside one of their metastases.
 
     A hit: the peak's distance to a metastasis centre is at most its radius + ``margin_mm``. Patients
@@ -138,11 +147,7 @@ def pointing_game(
     if unscored:
         log.warning("localisation: %d metastasis patient(s) without lesion truth or geometry not scored",
                     unscored)  # fmt: skip
-    return {
-        "localisation": hits / scored if scored else None,
-        "localisation_patients": scored,
-        "hits": per_patient,
-    }
+    return PointingGame(hits / scored if scored else None, scored, per_patient)
 
 
 def lesions_in_view(

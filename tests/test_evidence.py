@@ -21,7 +21,7 @@ from metastases.demo_cohort.lesions import Lesion
 from metastases.demo_cohort.patient import lesion_truth, plan_patient, write_patient
 from metastases.errors import UserError
 from metastases.evaluation.calibration import PlattScaling, brier
-from metastases.evaluation.evidence import Evidence, lesions_in_view, peak_lps, pointing_game
+from metastases.evaluation.evidence import Evidence, evidence_centre, lesions_in_view, peak_lps, pointing_game
 from metastases.ingest.cohort import ingest_cohort
 from metastases.lesion_truth import LESIONS_FILE, read_lesions
 from metastases.models import SliceMIL, VolumeMIL, build_model, evidence_map, has_evidence
@@ -174,11 +174,11 @@ def test_pointing_game_scores_hits_by_hand() -> None:
     assert peak_lps(geometry, (2, 4, 14)) == pytest.approx((4.5, -5.5, 20.0))
     heat = np.zeros((5, 20, 20), np.float32)
     evidence = {
-        "hit": Evidence("hit", heat, (2, 4, 14)),
-        "near": Evidence("near", heat, (2, 4, 14)),
-        "miss": Evidence("miss", heat, (2, 4, 14)),
-        "normal": Evidence("normal", heat, (2, 4, 14)),
-        "no-truth": Evidence("no-truth", heat, (2, 4, 14)),
+        "hit": Evidence("hit", heat, (2, 4, 14), (2.0, 4.0, 14.0)),
+        "near": Evidence("near", heat, (2, 4, 14), (2.0, 4.0, 14.0)),
+        "miss": Evidence("miss", heat, (2, 4, 14), (2.0, 4.0, 14.0)),
+        "normal": Evidence("normal", heat, (2, 4, 14), (2.0, 4.0, 14.0)),
+        "no-truth": Evidence("no-truth", heat, (2, 4, 14), (2.0, 4.0, 14.0)),
     }
     lesions = pd.DataFrame(
         [
@@ -195,9 +195,9 @@ def test_pointing_game_scores_hits_by_hand() -> None:
     labels = {"hit": 1, "near": 1, "miss": 1, "normal": 0, "no-truth": 1}
     geometries = dict.fromkeys(labels, geometry)
     game = pointing_game(evidence, labels, geometries, lesions)
-    assert game["hits"] == {"hit": True, "near": True, "miss": False}
-    assert game["localisation"] == pytest.approx(2 / 3)
-    assert game["localisation_patients"] == 3
+    assert game.hits == {"hit": True, "near": True, "miss": False}
+    assert game.localisation == pytest.approx(2 / 3)
+    assert game.patients == 3
 
 
 def test_lesions_in_view_maps_a_lesion_back_to_its_array_voxel() -> None:
@@ -252,3 +252,18 @@ def test_brier_and_platt_scaling_by_hand() -> None:
     scaled = platt.apply(timid)
     assert np.all(np.diff(scaled[np.argsort(timid)]) >= 0)  # the ranking (AUC) is unchanged
     assert brier(y, scaled) < brier(y, timid)
+
+
+def test_evidence_centre_is_the_centre_of_mass_of_the_response_around_the_peak() -> None:
+    heat = np.zeros((5, 64, 64), np.float32)
+    heat[2, 10, 20] = 4.0  # the peak
+    heat[3, 10, 20] = 4.0 * 0.9  # the response continues into the next slice ...
+    heat[2, 11, 20] = 4.0 * 0.8  # ... and one row down
+    heat[0, 50, 50] = 3.0  # a second, weaker response far away: not part of this one
+    peak = (2, 10, 20)
+    weights = np.array([4.0, 3.6, 3.2]) - 2.0  # above half of the maximum (median 0)
+    expected_slice = (2 * weights[0] + 3 * weights[1] + 2 * weights[2]) / weights.sum()
+    expected_row = (10 * weights[0] + 10 * weights[1] + 11 * weights[2]) / weights.sum()
+    assert evidence_centre(heat, peak) == pytest.approx((expected_slice, expected_row, 20.0))
+    flat = np.zeros((5, 64, 64), np.float32)
+    assert evidence_centre(flat, (1, 2, 3)) == (1.0, 2.0, 3.0)

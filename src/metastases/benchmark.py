@@ -52,16 +52,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from metastases.arrays import build_arrays, read_manifest
+from metastases.arrays import build_arrays, load_geometry, read_manifest
 from metastases.atomic import write_csv, write_json, write_text
 from metastases.cli import configure_logging, run_stage
 from metastases.demo_cohort.cohort import build_cohort
+from metastases.evaluation.crossval import out_of_fold_evidence
+from metastases.evaluation.evidence import pointing_game
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at
+from metastases.evaluation.workflow import explain
 from metastases.ingest import ingest_cohort
+from metastases.lesion_truth import read_lesions
 from metastases.models import model_dim
 from metastases.params import (
     CLASSES,
@@ -283,7 +288,7 @@ def histogram_reference(cohort: Cohort, evaluate: EvaluateParams, seed: int) -> 
 
 def benchmark_model(
     cohort: Cohort, params: TrainParams, *, seed: int, evaluate: EvaluateParams, bootstrap_seed: int,
-    row: str = "", recipe: str = "params",
+    row: str = "", recipe: str = "params", lesions: pd.DataFrame | None = None,
 ) -> dict:  # fmt: skip
     """Cross-validate one CNN (the K fold models) and score the test split with their ensemble.
 
@@ -295,6 +300,9 @@ def benchmark_model(
         bootstrap_seed: seed of the bootstrap (the same for every row and training seed).
         row: the row's name in the table (default: the model name).
         recipe: ``params`` or ``seed``, recorded in the row.
+        lesions: lesion truth of the cohort; with it, models with evidence maps get the pointing game
+            (``localisation_test``: the ensemble on the test split; ``localisation_oof``: each training
+            patient by the fold model that left it out).
     """
     started, cpu = time.perf_counter(), _cpu_seconds()
     device = resolve_device(params.device)
@@ -316,6 +324,7 @@ def benchmark_model(
     scores = np.mean([fold_scores[fold] for fold in members], axis=0)
     labels = test["label"].to_numpy()
     fold_aucs = [f.auc for f in cv.folds]
+    localisation = _localisation(ensemble, cohort, test, lesions, params, device)
     return {
         "row": row or params.model,
         "model": params.model,
@@ -351,10 +360,36 @@ def benchmark_model(
             "score": [float(s) for s in scores],
             "fold_scores": {str(fold): [float(s) for s in fold_scores[fold]] for fold in fold_scores},
         },
+        **localisation,
         "cpu_seconds": round(_cpu_seconds() - cpu, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "data_wait_share": round(cv.timing.data_wait_share, 3),
     }
+
+
+def _localisation(
+    ensemble: Ensemble,
+    cohort: Cohort,
+    test: pd.DataFrame,
+    lesions: pd.DataFrame | None,
+    params: TrainParams,
+    device: torch.device,
+) -> dict[str, float | None]:
+    """The pointing game on the test split (ensemble) and out of fold; None where it cannot be scored."""
+    empty: dict[str, float | None] = {"localisation_test": None, "localisation_oof": None}
+    if lesions is None:
+        return empty
+    held_out = explain(ensemble, cohort.array_dir, test, device, params.batch_size)
+    out_of_fold = out_of_fold_evidence(ensemble, cohort.array_dir, params.batch_size)
+    if held_out is None or out_of_fold is None:
+        return empty
+    geometry = load_geometry(cohort.array_dir)
+    train = cohort.part("train")
+    labels = dict(zip(train["patient"].astype(str), train["label"].astype(int), strict=True))
+    labels |= dict(zip(test["patient"].astype(str), test["label"].astype(int), strict=True))
+    test_game = pointing_game(held_out, labels, geometry, lesions)
+    oof_game = pointing_game(out_of_fold, labels, geometry, lesions)
+    return {"localisation_test": test_game.localisation, "localisation_oof": oof_game.localisation}
 
 
 @dataclass(frozen=True)
@@ -368,6 +403,7 @@ class Job:
     evaluate: EvaluateParams
     bootstrap_seed: int
     verbose: bool = False
+    lesions: pd.DataFrame | None = None
 
 
 def _benchmark_job(job: Job) -> dict:
@@ -379,7 +415,7 @@ def _benchmark_job(job: Job) -> dict:
         multiprocessing.set_start_method("fork", force=True)
     row = benchmark_model(
         job.cohort, job.params, seed=job.seed, evaluate=job.evaluate, bootstrap_seed=job.bootstrap_seed,
-        row=job.spec.name, recipe=job.spec.recipe,
+        row=job.spec.name, recipe=job.spec.recipe, lesions=job.lesions,
     )  # fmt: skip
     log.info(
         "%s seed %d: out-of-fold AUC %.3f, held-out AUC %.3f, not learned %d/%d",
@@ -420,12 +456,19 @@ def aggregate(runs: list[dict]) -> dict:
         "test_auc_std": _std(held_out),
         "test_auc_min": float(np.min(held_out)),
         "test_auc_ci95": first["test_auc_ci95"] if len(runs) == 1 else None,
+        "localisation_test_mean": _mean_of_known([r.get("localisation_test") for r in runs]),
+        "localisation_oof_mean": _mean_of_known([r.get("localisation_oof") for r in runs]),
         "not_learned": sum(r["not_learned"] for r in runs),
         "fold_models": sum(r["fold_models"] for r in runs),
         "cpu_seconds": round(sum(r["cpu_seconds"] for r in runs), 1),
         "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
     }
     return row
+
+
+def _mean_of_known(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _spread(mean: float, std: float | None, low: float) -> str:
@@ -439,6 +482,13 @@ def _recipe_cell(row: dict) -> str:
     source = "seed" if row["recipe"] == "seed" else f"train_{row['dim']}"
     schedule = f"lr {settings['lr']:g} {settings['lr_schedule']}, batch {settings['batch_size']}"
     return f"{source}: {schedule}, {settings['epochs']} ep"
+
+
+def _localisation_cell(row: dict) -> str:
+    test, oof = row.get("localisation_test_mean"), row.get("localisation_oof_mean")
+    if test is None and oof is None:
+        return "-"
+    return " / ".join("-" if v is None else f"{v:.2f}" for v in (test, oof))
 
 
 def markdown_table(
@@ -464,13 +514,16 @@ def markdown_table(
         "it out. Fold AUC: per fold model (pooled over seeds). Held-out AUC: the mean of the fold models "
         "that learned (all if none did) on the test split"
         + (" [95% bootstrap CI]." if len(seeds) == 1 else "; mean ± std over seeds (min).")
-        + " Not learned: fold models whose training loss never left chance. CPU s: user + system, "
+        + " Localisation: the share of metastasis patients whose strongest evidence lies inside a true "
+        "metastasis (radius + 5 mm), held-out / out-of-fold (mean over seeds; - for models without "
+        "evidence maps). Not learned: fold models whose training loss never left chance. CPU s: user + "
+        "system, "
         "loader workers included, summed over seeds. The histogram reference is deterministic (one run; "
         "refitted on the whole training split for the held-out column).",
         "",
         f"| model | recipe | input shape | CV AUC out-of-fold{over} | fold AUC mean ± std "
-        f"| held-out AUC {held_out_header} | models not learned | CPU s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| held-out AUC {held_out_header} | localisation | models not learned | CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["test_auc_ci95"] is not None:
@@ -485,7 +538,7 @@ def markdown_table(
         lines.append(
             f"| {row['row']} | {_recipe_cell(row)} | {shape} | "
             f"{_spread(row['cv_auc_oof_mean'], row['cv_auc_oof_std'], row['cv_auc_oof_min'])} | "
-            f"{row['fold_auc_mean']:.3f}{fold_std} | {held_out} | "
+            f"{row['fold_auc_mean']:.3f}{fold_std} | {held_out} | {_localisation_cell(row)} | "
             f"{not_learned} | {row['cpu_seconds']} | {row['wall_seconds']} |"
         )
     return "\n".join(lines) + "\n"
@@ -528,6 +581,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-2d", type=Path, help="2D arrays (default: data/processed/2d)")
     parser.add_argument("--data-3d", type=Path, help="3D arrays (default: data/processed/3d)")
     parser.add_argument("--splits", type=Path, help="split table (default: data/splits.csv)")
+    parser.add_argument(
+        "--raw-dir",
+        type=Path,
+        default=Path("data/raw"),
+        help="lesions.csv for localisation (without --build)",
+    )
     parser.add_argument(
         "--models",
         nargs="+",
@@ -598,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     seeds = [seed + i for i in range(args.seeds)]
     reference = histogram_reference(cohorts["3d"], evaluate, seed)
+    lesions = read_lesions(args.build / "raw" if args.build is not None else args.raw_dir)
     jobs = [
         Job(
             cohort=cohorts[spec.dim],
@@ -607,6 +667,7 @@ def main(argv: list[str] | None = None) -> None:
             evaluate=evaluate,
             bootstrap_seed=seed,
             verbose=args.verbose,
+            lesions=lesions,
         )
         for spec in specs
         for training_seed in seeds

@@ -27,7 +27,7 @@ import torch
 from metastases.atomic import write_json
 from metastases.cli import configure_logging, run_stage
 from metastases.errors import ParamsError, UserError
-from metastases.evaluation.evidence import Evidence, can_explain, ensemble_evidence, peak_lps, peak_of
+from metastases.evaluation.evidence import Evidence, can_explain, ensemble_evidence, make_evidence, peak_lps
 from metastases.evaluation.evidence_plots import ModelView, plot_patient_evidence
 from metastases.evaluation.metrics import youden_threshold
 from metastases.ingest.patient import PatientTask, ingest_patient
@@ -78,11 +78,11 @@ class ModelPrediction:
             "learned": self.learned,
         }
         if self.evidence is not None and self.lps_mm is not None:
-            slice_index, row, column = self.evidence.peak
+            slice_index, row, column = self.evidence.centre
             out["strongest_evidence"] = {
-                "slice": slice_index,
-                "row": row,
-                "column": column,
+                "slice": round(slice_index, 2),
+                "row": round(row, 2),
+                "column": round(column, 2),
                 "lps_mm": [round(v, 1) for v in self.lps_mm],
             }
         return out
@@ -112,7 +112,8 @@ def ingest_study(study: Path, params: IngestParams, work_dir: Path) -> dict[str,
     if not any(p.is_file() for p in study.rglob("*")):
         raise UserError(f"{study} holds no files: give the folder that holds one patient's DICOM files")
     result = ingest_patient(PatientTask(study, STUDY_KEY, UNLABELLED, "", params), work_dir)
-    if result.files_read == 0:
+    not_dicom = sum(p.kind == "not_dicom" for p in result.problems)
+    if result.files_read == 0 or not_dicom == result.files_read:
         raise UserError(f"{study}: no DICOM file could be read; is this a DICOM export?")
     if result.status != "ok":
         skipped = "; ".join(sorted({f"{s.series}: {s.reason}" for s in result.skipped}))[:400]
@@ -176,8 +177,8 @@ def predict_study(
             depth = ensemble.input_shape[1] if ensemble.dim == "3d" else ensemble.input_shape[0] // 3
             loader = [(batch, torch.zeros(1, dtype=torch.long))]
             heat = ensemble_evidence(members, loader, device, depth=depth)[0]  # type: ignore[arg-type]
-            evidence = Evidence(STUDY_KEY, heat, peak_of(heat))
-            lps = peak_lps(geometry, evidence.peak)
+            evidence = make_evidence(STUDY_KEY, heat)
+            lps = peak_lps(geometry, evidence.centre)
         predictions.append(
             ModelPrediction(
                 ensemble.dim,

@@ -128,8 +128,8 @@ def run_cross_validation(
                 oof = ensemble.out_of_fold
                 labels = dict(zip(oof["patient"].astype(str), oof["label"].astype(int), strict=True))
                 game = pointing_game(evidence, labels, load_geometry(array_dirs[dim]), lesions)
-                summary[dim]["localisation"] = game["localisation"]
-                summary[dim]["localisation_patients"] = game["localisation_patients"]
+                summary[dim]["localisation"] = game.localisation
+                summary[dim]["localisation_patients"] = game.patients
         predictions.append(
             ensemble.out_of_fold.assign(model=dim)[["patient", "label", "score", "model", "fold"]]
         )

@@ -68,7 +68,7 @@ def _relative(heat: np.ndarray, slice_index: int) -> np.ndarray:
 
 
 def _panel(ax: Axes, view: ModelView, sequence: int, lesions: pd.DataFrame | None, patient: str) -> None:
-    slice_index, row, column = view.evidence.peak
+    slice_index = view.evidence.peak[0]
     image = view.image(sequence, slice_index)
     low, high = np.percentile(image, [1, 99.5])
     ax.imshow(image, cmap="gray", vmin=low, vmax=max(high, low + 1e-3))
@@ -76,7 +76,8 @@ def _panel(ax: Axes, view: ModelView, sequence: int, lesions: pd.DataFrame | Non
     overlay = plt.get_cmap("inferno")(heat)
     overlay[..., 3] = 0.6 * heat**3  # transparent away from the strongest evidence
     ax.imshow(overlay)
-    ax.plot([column], [row], marker="+", color="cyan", markersize=12, mew=2)
+    _, centre_row, centre_column = view.evidence.centre
+    ax.plot([centre_column], [centre_row], marker="+", color="cyan", markersize=12, mew=2)
     if lesions is not None and view.geometry is not None:
         for r, c, radius, kind in lesions_in_view(view.geometry, lesions, patient, slice_index):
             style = (

@@ -91,7 +91,7 @@ def render_model_card(inputs: ModelCardInputs) -> str:
         "- Out of scope: lesion counting or segmentation, other diseases, studies without all three sequences.",
         "",
         "## Factors",
-        "- Scanner vendor, field strength, slice thickness and matrix vary across the cohort; the arrays are",
+        "- Scanner vendor, slice thickness, tilt and matrix vary across the cohort; the arrays are",
         "  resampled to one grid, but performance per vendor or per lesion size is not reported separately",
         "  (the held-out split is too small to split further).",
         "",

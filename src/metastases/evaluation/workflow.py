@@ -213,11 +213,11 @@ def run_evaluation(
             )  # fmt: skip
             if lesions is not None:
                 game = pointing_game(evidence, explained[dim].labels, load_geometry(array_dir), lesions)
-                results[dim]["localisation"] = game["localisation"]
-                results[dim]["localisation_patients"] = game["localisation_patients"]
+                results[dim]["localisation"] = game.localisation
+                results[dim]["localisation_patients"] = game.patients
                 log.info("evaluate %s: highest evidence inside a true metastasis for %s of %d patients", dim,
-                         f"{game['localisation']:.2f}" if game["localisation"] is not None else "none",
-                         game["localisation_patients"])  # fmt: skip
+                         f"{game.localisation:.2f}" if game.localisation is not None else "none",
+                         game.patients)  # fmt: skip
         predictions.append(test.assign(score=scores, model=dim))
         curves[f"{dim.upper()} {model_params.model}"] = (roc_table(labels, scores), value, (low, high))
         confusions[dim] = pd.DataFrame(

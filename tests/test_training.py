@@ -152,7 +152,8 @@ def test_the_final_model_is_the_fold_models_of_every_training_patient_and_never_
         {"2d": sighted["2d"], "3d": sighted["3d"]}, models,
         sighted["splits"], cv_out.metrics, PARAMS, EvaluateParams(bootstrap=200), SEED,
         EvaluateOutputs(
-            tmp_path / "metrics/evaluate.json", tmp_path / "metrics/predictions.csv", tmp_path / "plots"
+            tmp_path / "metrics/evaluate.json", tmp_path / "metrics/predictions.csv", tmp_path / "plots",
+            tmp_path / "MODEL_CARD.md",
         ),
     )  # fmt: skip
     written = json.loads((tmp_path / "metrics/evaluate.json").read_text())
@@ -177,7 +178,7 @@ def test_the_held_out_score_is_the_mean_of_the_fold_models_scores(
     outputs = _outputs(tmp_path, "3d")
     run_training(cohort["3d"], cohort["splits"], PARAMS["3d"], SEED, outputs)
     (tmp_path / "cv.json").write_text('{"3d": {"threshold": 0.5}}')
-    evaluate_out = EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path / "plots")
+    evaluate_out = EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path / "plots", tmp_path / "CARD.md")
     run_evaluation({"3d": cohort["3d"]}, {"3d": outputs.model}, cohort["splits"], tmp_path / "cv.json",
                    PARAMS, EvaluateParams(bootstrap=100), SEED, evaluate_out)  # fmt: skip
     predictions = pd.read_csv(evaluate_out.predictions, dtype={"patient": str})
@@ -231,7 +232,7 @@ def test_a_fold_or_split_with_one_class_is_refused(cohort: dict[str, Path], tmp_
         run_evaluation(
             {"2d": cohort["2d"]}, {"2d": tmp_path / "none.pt"}, tmp_path / "test.csv", tmp_path / "cv.json",
             PARAMS, EvaluateParams(), SEED,
-            EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path),
+            EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path, tmp_path / "CARD.md"),
         )  # fmt: skip
 
 

@@ -178,7 +178,9 @@ def test_the_held_out_score_is_the_mean_of_the_fold_models_scores(
     outputs = _outputs(tmp_path, "3d")
     run_training(cohort["3d"], cohort["splits"], PARAMS["3d"], SEED, outputs)
     (tmp_path / "cv.json").write_text('{"3d": {"threshold": 0.5}}')
-    evaluate_out = EvaluateOutputs(tmp_path / "e.json", tmp_path / "p.csv", tmp_path / "plots", tmp_path / "CARD.md")
+    evaluate_out = EvaluateOutputs(
+        tmp_path / "e.json", tmp_path / "p.csv", tmp_path / "plots", tmp_path / "CARD.md"
+    )
     run_evaluation({"3d": cohort["3d"]}, {"3d": outputs.model}, cohort["splits"], tmp_path / "cv.json",
                    PARAMS, EvaluateParams(bootstrap=100), SEED, evaluate_out)  # fmt: skip
     predictions = pd.read_csv(evaluate_out.predictions, dtype={"patient": str})

@@ -186,8 +186,10 @@ def test_predict_gives_the_pipeline_score_for_a_renamed_shuffled_copy_of_a_test_
 
 
 def test_predict_scores_a_patient_generated_with_another_seed(repo, tmp_path):
+    """Another generator seed and another geometry than the training cohort (matrices twice as large):
+    preprocessing resamples, so the study is scored."""
     run([sys.executable, "-m", "metastases.demo_cohort", str(tmp_path / "other"), "--patients", "2", "--seed",
-         "101", "--size-scale", "0.25", "--workers", "1"], repo)  # fmt: skip
+         "101", "--size-scale", "0.5", "--workers", "1"], repo)  # fmt: skip
     for patient in ("mts-1", "norma-1"):
         result = predict(repo, str(tmp_path / "other" / patient), "--out", str(tmp_path / patient))
         assert result.returncode == 0, result.stderr

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.arrays import build_arrays
 from metastases.cli import configure_logging, stage_parser
 from metastases.montage import sample_montage
-from metastases.params import volume_section
+from metastases.params import cpu_workers, volume_section
 
 log = logging.getLogger("metastases.stage")
 
@@ -19,7 +18,12 @@ def main(layout: str, section_name: str, description: str, argv: Sequence[str] |
     parser = stage_parser(description)
     parser.add_argument("--interim-dir", type=Path, default=Path("data/interim"), help="ingest output")
     parser.add_argument("--out-dir", type=Path, default=Path(f"data/processed/{layout}"), help="arrays out")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel patients")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="parallel patients (default 0: one per CPU core; no effect on output)",
+    )
     if layout == "2d":
         parser.add_argument(
             "--samples-png", type=Path, default=Path("plots/samples.png"), help="data example"
@@ -27,7 +31,9 @@ def main(layout: str, section_name: str, description: str, argv: Sequence[str] |
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = volume_section(section_name, args.params)
-    index = build_arrays(args.interim_dir, args.out_dir, params, layout, workers=max(1, args.workers))
+    index = build_arrays(
+        args.interim_dir, args.out_dir, params, layout, workers=cpu_workers(max(0, args.workers))
+    )
     if layout == "2d":
         sample_montage(args.out_dir, index, args.samples_png)
         log.info("data example written to %s", args.samples_png)

@@ -23,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--metrics", type=Path, default=Path("metrics/ingest.json"), help="counts (default: %(default)s)"
     )
-    parser.add_argument("--workers", type=int, help="parallel patients (default: ingest.workers)")
+    parser.add_argument(
+        "--workers", type=int, help="parallel patients, 0: one per core (default: ingest.workers)"
+    )
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(IngestParams, "ingest", args.params)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage, stage_parser
 from metastases.params import Train3DParams, TrainParams, section, shared_seed, volume_section
-from metastases.training.workflow import TrainOutputs, run_training
+from metastases.training.distributed import under_torchrun
+from metastases.training.workflow import TrainOutputs, launch_distributed, run_training
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         timing=args.timing or defaults.timing,
     )
     data_dir = args.data_dir or Path(f"data/processed/{args.dim}")
+    if params.nproc > 1 and not under_torchrun():  # this process becomes the launcher of nproc workers
+        launch_distributed(
+            Path(__file__), sys.argv[1:] if argv is None else argv, data_dir, args.splits, params
+        )
+        return
     preprocessing = volume_section("slice_2d" if args.dim == "2d" else "stack_3d", args.params)
     run_training(data_dir, args.splits, params, shared_seed(args.params), outputs, preprocessing)
 

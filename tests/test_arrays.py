@@ -1,5 +1,6 @@
 """From ingested volumes to the training arrays, on a real (tiny) demo cohort."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +9,10 @@ import pytest
 
 from metastases.arrays import array_shape, build_arrays, load_index
 from metastases.demo_cohort.cohort import build_cohort
-from metastases.errors import UserError
+from metastases.errors import ParamsError, UserError
 from metastases.ingest import ingest_cohort
 from metastases.montage import sample_montage
-from metastases.params import IngestParams, VolumeParams
+from metastases.params import IngestParams, TrainParams, VolumeParams, cpu_workers, from_mapping
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,28 @@ def test_stale_arrays_are_removed_and_index_matches_manifest(interim, tmp_path):
 def test_missing_manifest_says_to_run_ingest(tmp_path):
     with pytest.raises(UserError, match="run the ingest stage"):
         build_arrays(tmp_path, tmp_path / "out", VolumeParams(), "2d")
+
+
+def test_all_cores_write_the_same_bytes_as_one_worker(interim, tmp_path):
+    """ingest.workers auto (one per core) and the array stages' default (0: one per core) change only the
+    speed: interim volumes, manifest and arrays are byte-identical to those of a single worker."""
+    raw = interim.parent / "raw"
+    ingest_cohort(raw, tmp_path / "interim", IngestParams(workers="auto"))
+    for path in sorted(p for p in interim.rglob("*") if p.is_file() and p.name != "report.json"):
+        assert (tmp_path / "interim" / path.relative_to(interim)).read_bytes() == path.read_bytes(), path
+    params = VolumeParams(image_size=48)
+    build_arrays(interim, tmp_path / "one", params, "3d", workers=1)
+    build_arrays(interim, tmp_path / "all", params, "3d", workers=cpu_workers(0))
+    written = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "all").iterdir()) and len(written) == 4
+    for name in written:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name
+
+
+def test_workers_auto_or_zero_means_one_per_core():
+    assert cpu_workers("auto") == cpu_workers(0) == (os.cpu_count() or 1)
+    assert cpu_workers(3) == 3
+    with pytest.raises(ParamsError, match=r"ingest.workers: a whole number >= 0 or auto"):
+        from_mapping(IngestParams, "ingest", {"workers": "all"})
+    with pytest.raises(ParamsError, match=r"train_2d.num_workers: a whole number >= 0 or auto"):
+        from_mapping(TrainParams, "train_2d", {"num_workers": -1})

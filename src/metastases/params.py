@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
 from collections.abc import Mapping
@@ -62,6 +63,13 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 scored and saved) come from a settled optimiser rather than one step of a noisy walk."""
 
 
+def cpu_workers(setting: int | str) -> int:
+    """Worker processes for ``setting``: a positive number as is; ``auto`` or 0: the CPU core count."""
+    if setting == "auto" or setting == 0:
+        return os.cpu_count() or 1
+    return int(setting)
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ParamsError(message)
@@ -85,7 +93,9 @@ class IngestParams:
     # raw_dir/out_dir are only the stage script's defaults; the library takes paths as arguments
     raw_dir: str = "data/raw"
     out_dir: str = "data/interim"
-    workers: int = 2
+    workers: int | str = "auto"
+    """Patients ingested at once, one process each; ``auto`` (or 0): one per CPU core. Changes only the
+    speed, never an output (so it is not among the stage's DVC params)."""
     patient_key: str = "auto"
     """``auto``: folder names for the generated demo cohort (its names are fake), else ``hash``;
     ``hash``: a salted HMAC of the folder name; ``folder``: the folder name as is."""
@@ -112,7 +122,10 @@ class IngestParams:
     sequences."""
 
     def __post_init__(self) -> None:
-        _require(self.workers >= 1, f"ingest.workers: must be at least 1, got {self.workers}")
+        _require(
+            self.workers == "auto" or (type(self.workers) is int and self.workers >= 0),
+            f"ingest.workers: a whole number >= 0 or auto (0, auto: one per CPU core), got {self.workers!r}",
+        )
         _choice("ingest", "patient_key", self.patient_key, PATIENT_KEYS)
         _require(bool(self.salt_file.strip()), "ingest.salt_file: must name a file")
         _choice("ingest", "study", self.study, STUDY_RULES)
@@ -316,8 +329,13 @@ class TrainParams:
     scale: float = 0.1
     device: str = "auto"
     threads: int = 1
-    num_workers: int = 1
+    num_workers: int | str = "auto"
+    """DataLoader workers per training process, or ``auto``: 1 on the CPU, on CUDA up to 8 (the cores
+    shared out over the training processes)."""
     parallel_folds: int = 2
+    nproc: int = 1
+    """Processes that train each fold model together under torchrun (DistributedDataParallel): 1 is a
+    plain process; N > 1 needs N GPUs on CUDA, or runs N gloo workers on the CPU."""
     deterministic: bool = True
 
     def __post_init__(self) -> None:
@@ -349,9 +367,15 @@ class TrainParams:
             f"{name}.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N",
         )
         _require(self.threads >= 1, f"{name}.threads: must be at least 1, got {self.threads}")
-        _require(self.num_workers >= 0, f"{name}.num_workers: must be >= 0, got {self.num_workers}")
+        workers = self.num_workers
+        _require(
+            workers == "auto"
+            or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0),
+            f"{name}.num_workers: a whole number >= 0 or auto, got {workers!r}",
+        )
         folds = self.parallel_folds
         _require(folds >= 1, f"{name}.parallel_folds: must be at least 1, got {folds}")
+        _require(self.nproc >= 1, f"{name}.nproc: must be at least 1, got {self.nproc}")
 
     @property
     def section_name(self) -> str:

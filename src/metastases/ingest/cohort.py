@@ -35,7 +35,7 @@ from metastases.ingest.report import PROBLEM_KINDS, Problem, Skipped
 from metastases.ingest.series import CHOICE_RULE, MATCH_ORDER
 from metastases.ingest.studies import STUDY_RULES_TEXT
 from metastases.lesion_truth import LESIONS_FILE
-from metastases.params import SEQUENCES, IngestParams
+from metastases.params import SEQUENCES, IngestParams, cpu_workers
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,11 @@ def ingest_cohort(
         for p in raw_dir.iterdir()
         if p not in folders and p.name not in (LABELS_FILE, LESIONS_FILE, DEMO_MARKER)
     ]
-    log.info("ingesting %d patient(s) from %s with %d worker(s)", len(tasks), raw_dir, params.workers)
+    workers = cpu_workers(params.workers)
+    log.info("ingesting %d patient(s) from %s with %d worker(s)", len(tasks), raw_dir, workers)
 
     with _staged_dir(out_dir) as staging:
-        results = _run_patients(tasks, staging, params.workers)
+        results = _run_patients(tasks, staging, workers)
         extra = [
             Problem(
                 patient_key(name, scheme),

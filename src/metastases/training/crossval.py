@@ -29,6 +29,7 @@ from metastases.cli import configure_logging
 from metastases.errors import UserError
 from metastases.params import TrainParams
 from metastases.training.cohort import Cohort, require_both_classes
+from metastases.training.distributed import current_group
 from metastases.training.loop import EpochRecord, Timing, fit
 from metastases.training.runtime import configure_torch
 
@@ -198,6 +199,10 @@ def cross_validate(
         for fold in cohort.folds
     ]
     processes = min(params.parallel_folds, len(jobs))
+    if current_group() is not None and processes > 1:
+        log.info("%s.parallel_folds %d: 1 under DistributedDataParallel (every process trains each fold)",
+                 params.section_name, params.parallel_folds)  # fmt: skip
+        processes = 1
     if processes <= 1:
         done = [train_fold(job) for job in jobs]
     else:

@@ -11,19 +11,35 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from metastases.models import build_model
 from metastases.params import TrainParams
 from metastases.training.dataset import Augmentation, PatientArrays
-from metastases.training.runtime import amp_enabled, seed_everything
+from metastases.training.distributed import (
+    IGNORE_LABEL,
+    Group,
+    MarkedSamples,
+    RankBatches,
+    current_group,
+    sync_buffers,
+    wrap_model,
+)
+from metastases.training.runtime import (
+    amp_enabled,
+    loader_workers,
+    prepare_model,
+    seed_everything,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +104,40 @@ def make_loader(
     )
 
 
+def _rank_loader(
+    dataset: PatientArrays, batch_size: int, seed: int, workers: int, device: torch.device, group: Group
+) -> DataLoader:
+    """This rank's share of each batch of :func:`make_loader`'s shuffled, seeded order."""
+    sampler = RankBatches(len(dataset), batch_size, seed=seed, rank=group.rank, world=group.world)
+    return DataLoader(
+        MarkedSamples(dataset),
+        batch_sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _predict_gathered(
+    model: nn.Module, shard: DataLoader, device: torch.device, criterion: nn.Module, group: Group
+) -> tuple[np.ndarray, float | None]:
+    """Score this rank's validation shard (every ``world``-th patient from ``rank``) with rank 0's
+    batch-norm statistics, and gather every rank's scores back into patient order."""
+    sync_buffers(model)
+    if len(shard.dataset):  # type: ignore[arg-type]
+        scores, mean_loss = predict(model, shard, device, criterion)
+        loss_sum = float(mean_loss or 0.0) * len(scores)
+    else:
+        scores, loss_sum = np.zeros(0), 0.0
+    parts = [cast(tuple[np.ndarray, float], part) for part in group.gather((scores, loss_sum))]
+    gathered = np.zeros(sum(len(part_scores) for part_scores, _ in parts))
+    for rank, (part_scores, _) in enumerate(parts):
+        gathered[rank :: group.world] = part_scores
+    return gathered, sum(part_loss for _, part_loss in parts) / len(gathered)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -95,25 +145,47 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     scaler: torch.amp.GradScaler,
+    *,
+    group: Group | None = None,
 ) -> tuple[list[float], Timing]:
-    """One pass over ``loader``; returns each batch's loss and the data-wait/compute split."""
+    """One pass over ``loader``; returns each batch's loss and the data-wait/compute split.
+
+    Args:
+        model: the network (wrapped in DistributedDataParallel under ``group``).
+        loader: batches of ``(images, labels)``; under ``group`` this rank's share of every batch.
+        criterion: the mean loss of a batch.
+        optimizer: steps once per batch.
+        device: where the batches go.
+        scaler: gradient scaling for mixed precision (a no-op when disabled).
+        group: the process group of a multi-process run: each rank's loss is its share's summed loss
+            over the whole batch's sample count, times the number of ranks, so that DDP's gradient
+            average is the gradient of the whole batch's mean loss; the loss returned is that mean.
+    """
     model.train()
     losses: list[float] = []
     timing = Timing()
     amp = amp_enabled(device)
+    summed = nn.CrossEntropyLoss(reduction="sum", ignore_index=IGNORE_LABEL)
     tick = time.perf_counter()
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         labels = labels.to(device, non_blocking=True)
         loaded = time.perf_counter()
         timing.data_wait_s += loaded - tick
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            loss = criterion(model(images), labels)
+            logits = model(images)
+            if group is None:
+                loss = criterion(logits, labels)
+            else:
+                share = summed(logits.float(), labels)
+                counted = torch.stack([share.detach(), (labels != IGNORE_LABEL).sum().to(share.dtype)])
+                batch_sum, batch_count = group.all_sum(counted).tolist()
+                loss = share * (group.world / batch_count)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()) if group is None else batch_sum / batch_count)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         tick = time.perf_counter()
@@ -130,7 +202,7 @@ def predict(
     scores: list[np.ndarray] = []
     total_loss, count = 0.0, 0
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp_enabled(device)):
             logits = model(images).float()
         scores.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
@@ -158,25 +230,39 @@ def fit(
     is scored on ``validation`` (if given): loss, accuracy at probability 0.5 and ROC AUC.
     """
     seed_everything(seed)
-    model = build_model(params.model, input_shape).to(device)
+    group = current_group()
+    network = prepare_model(build_model(params.model, input_shape), device)
+    model = network
+    if group is not None:
+        network, model = wrap_model(network, device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     schedule = None
     if params.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(device))
+    processes = params.parallel_folds if group is None else group.world
+    workers = loader_workers(params.num_workers, device, processes)
     train_set = PatientArrays(array_dir, train, Augmentation.from_params(params), seed=seed)
-    train_loader = make_loader(train_set, params.batch_size, True, seed, params.num_workers, device)
+    val_set = None if validation is None else PatientArrays(array_dir, validation)
     val_loader = None
-    if validation is not None:
-        val_set = PatientArrays(array_dir, validation)
-        val_loader = make_loader(val_set, params.batch_size, False, seed, params.num_workers, device)
-    result = FitResult(model=model, input_shape=tuple(input_shape))
+    if group is None:
+        train_loader = make_loader(train_set, params.batch_size, True, seed, workers, device)
+        if val_set is not None:
+            val_loader = make_loader(val_set, params.batch_size, False, seed, workers, device)
+    else:
+        train_loader = _rank_loader(train_set, params.batch_size, seed, workers, device, group)
+        if val_set is not None:  # this rank's shard of the validation patients; the scores are gathered
+            shard = Subset(val_set, list(range(group.rank, len(val_set), group.world)))
+            val_loader = make_loader(shard, params.batch_size, False, seed, workers, device)  # type: ignore[arg-type]
+    result = FitResult(model=network, input_shape=tuple(input_shape))
     step = 0
     progress = tqdm(range(1, epochs + 1), desc=description, unit="epoch", leave=False, disable=None)
     for epoch in progress:
         train_set.set_epoch(epoch)
-        losses, timing = train_one_epoch(model, train_loader, criterion, optimizer, device, scaler)
+        losses, timing = train_one_epoch(
+            model, train_loader, criterion, optimizer, device, scaler, group=group
+        )
         result.timing.add(timing)
         if schedule is not None:
             schedule.step()
@@ -185,7 +271,10 @@ def fit(
             result.steps.append((step, epoch, loss))
         record = EpochRecord(epoch, float(np.mean(losses)), None, None, None)
         if val_loader is not None and validation is not None:
-            scores, val_loss = predict(model, val_loader, device, criterion)
+            if group is None:
+                scores, val_loss = predict(model, val_loader, device, criterion)
+            else:
+                scores, val_loss = _predict_gathered(network, val_loader, device, criterion, group)
             labels = validation["label"].to_numpy()
             record = EpochRecord(
                 epoch,

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import roc_auc_score
 
 from metastases.atomic import write_csv, write_json
@@ -20,8 +22,17 @@ from metastases.models import check_model
 from metastases.params import TrainParams, VolumeParams
 from metastases.plotting import plot_cv_loss
 from metastases.training.checkpoint import save_ensemble
-from metastases.training.cohort import load_cohort
-from metastases.training.crossval import CrossValidation, cross_validate
+from metastases.training.cohort import Cohort, load_cohort
+from metastases.training.crossval import CrossValidation, check_folds, cross_validate
+from metastases.training.distributed import (
+    Group,
+    check_nproc,
+    launch,
+    start_group,
+    stop_group,
+    under_torchrun,
+    worker_device,
+)
 from metastases.training.runtime import configure_torch, resolve_device
 
 log = logging.getLogger(__name__)
@@ -79,12 +90,66 @@ def run_training(
     ``outputs.metrics``; a fold model that never left chance is flagged there and in the log.
     """
     started = time.perf_counter()
+    cohort, shape = check_training_inputs(array_dir, splits_path, params)
+    device = resolve_device(params.device)
+    group = None
+    if under_torchrun():
+        device = worker_device(device)
+        group = start_group(device)
+    try:
+        configure_torch(params.deterministic, params.threads, device)
+        cv = cross_validate(cohort, params, seed, device)
+        if group is not None:
+            group.barrier()  # every rank has trained every fold before rank 0 writes
+        metrics = _write_outputs(cv, params, seed, shape, outputs, preprocessing, started, device, group)
+    finally:
+        if group is not None:
+            stop_group()
+    return metrics
+
+
+def check_training_inputs(
+    array_dir: Path, splits_path: Path, params: TrainParams
+) -> tuple[Cohort, tuple[int, ...]]:
+    """The model name, the split and the arrays, checked before anything trains (or any worker starts):
+    returns the cohort and one sample's shape."""
     check_model(params.model, params.dim, params.section_name)
     cohort = load_cohort(array_dir, splits_path, params.dim)
     shape = cohort.sample_shape(cohort.part("train"))
-    device = resolve_device(params.device)
-    configure_torch(params.deterministic, params.threads, device)
-    cv = cross_validate(cohort, params, seed, device)
+    check_folds(cohort)
+    return cohort, shape
+
+
+def launch_distributed(script: Path, argv: Sequence[str], array_dir: Path, splits_path: Path,
+                       params: TrainParams) -> None:  # fmt: skip
+    """Check the inputs, the device and ``params.nproc`` here, then run ``script argv`` as ``nproc``
+    torchrun workers (each of which calls :func:`run_training`); a bad value fails before any starts.
+
+    Args:
+        script: the stage script the workers run.
+        argv: its arguments.
+        array_dir: the processed arrays.
+        splits_path: the split table.
+        params: the training section (``nproc`` > 1).
+    """
+    check_training_inputs(array_dir, splits_path, params)
+    check_nproc(params.nproc, resolve_device(params.device), params.section_name)
+    launch(script, argv, params.nproc)
+
+
+def _write_outputs(
+    cv: CrossValidation,
+    params: TrainParams,
+    seed: int,
+    shape: tuple[int, ...],
+    outputs: TrainOutputs,
+    preprocessing: VolumeParams | None,
+    started: float,
+    device: torch.device,
+    group: Group | None,
+) -> dict:
+    """The metrics of ``cv``; written with the checkpoint, curves and picture by rank 0 (or the only
+    process) alone."""
     learned = cv.learned_folds
     metrics: dict[str, object] = {
         "epochs": params.epochs,
@@ -109,7 +174,10 @@ def run_training(
         "seconds": round(time.perf_counter() - started, 2),
         "data_wait_share": round(cv.timing.data_wait_share, 4),
         "device": device.type,
+        "processes": 1 if group is None else group.world,
     }
+    if group is not None and not group.is_main:
+        return metrics
     table = loss_table(cv)
     save_ensemble(
         outputs.model, cv, model_name=params.model, dim=params.dim, input_shape=shape, seed=seed,

@@ -443,8 +443,8 @@ def test_report_cli_gives_one_error_line_for_a_revision_without_predictions(pred
     assert done.stderr.startswith("error: unknown revision 'no-such-rev'")
 
 
-@pytest.mark.slow
-def test_report_opens_with_the_paired_section_in_a_dvc_repository(tmp_path: Path) -> None:
+def _dvc_repo(tmp_path: Path) -> Path:
+    """An empty Git + DVC repository (the real CLIs) for report tests."""
     repo = tmp_path / "dvc_repo"
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "main")
@@ -452,6 +452,12 @@ def test_report_opens_with_the_paired_section_in_a_dvc_repository(tmp_path: Path
     _git(repo, "config", "user.name", "t")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, capture_output=True)
     _git(repo, "add", ".dvc")
+    return repo
+
+
+@pytest.mark.slow
+def test_report_opens_with_the_paired_section_in_a_dvc_repository(tmp_path: Path) -> None:
+    repo = _dvc_repo(tmp_path)
     _commit(
         repo,
         "base",
@@ -468,13 +474,7 @@ def test_report_opens_with_the_paired_section_in_a_dvc_repository(tmp_path: Path
 
 
 def test_report_shows_the_evidence_montage_of_each_revision(tmp_path: Path) -> None:
-    repo = tmp_path / "dvc_repo"
-    repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "config", "user.email", "t@example.invalid")
-    _git(repo, "config", "user.name", "t")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, capture_output=True)
-    _git(repo, "add", ".dvc")
+    repo = _dvc_repo(tmp_path)
     predictions = {CV_PATH: _predictions_csv({"2d": HAND_A}), HELD_OUT_PATH: _predictions_csv({"2d": HAND_A})}
     _commit(repo, "base", predictions)
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # any bytes: the report copies them as they are

@@ -243,20 +243,35 @@ def axial_geometry(
     angle = np.deg2rad(tilt_degrees)
     row_direction = np.array([1.0, 0.0, 0.0])
     column_direction = np.array([0.0, np.cos(angle), -np.sin(angle)])
+    return _centred_stack(row_direction, column_direction, rows, columns, n_slices, pixel_spacing,
+                          slice_spacing, centre)  # fmt: skip
+
+
+def _centred_stack(
+    row_direction: np.ndarray,
+    column_direction: np.ndarray,
+    rows: int,
+    columns: int,
+    n_slices: int,
+    pixel_spacing: float,
+    slice_spacing: float,
+    centre: tuple[float, float, float],
+) -> SeriesGeometry:
+    """The stack of ``n_slices`` ``rows x columns`` images with these direction cosines, centred on ``centre``
+    (LPS mm), slices along ``row x column``."""
     normal = np.cross(row_direction, column_direction)
     half_extent = (
         row_direction * (columns - 1) * pixel_spacing / 2
         + column_direction * (rows - 1) * pixel_spacing / 2
         + normal * (n_slices - 1) * slice_spacing / 2
     )
-    first = np.asarray(centre) - half_extent
     return SeriesGeometry(
         rows=rows,
         columns=columns,
         pixel_spacing=(pixel_spacing, pixel_spacing),
         row_direction=_xyz(row_direction),
         column_direction=_xyz(column_direction),
-        first_position=_xyz(first),
+        first_position=_xyz(np.asarray(centre) - half_extent),
         slice_spacing=slice_spacing,
         n_slices=n_slices,
     )
@@ -292,22 +307,8 @@ def plane_geometry(
         centre: LPS centre of the stack.
     """
     row_direction, column_direction = (np.asarray(v) for v in PLANES[plane])
-    normal = np.cross(row_direction, column_direction)
-    half_extent = (
-        row_direction * (columns - 1) * pixel_spacing / 2
-        + column_direction * (rows - 1) * pixel_spacing / 2
-        + normal * (n_slices - 1) * slice_spacing / 2
-    )
-    return SeriesGeometry(
-        rows=rows,
-        columns=columns,
-        pixel_spacing=(pixel_spacing, pixel_spacing),
-        row_direction=_xyz(row_direction),
-        column_direction=_xyz(column_direction),
-        first_position=_xyz(np.asarray(centre) - half_extent),
-        slice_spacing=slice_spacing,
-        n_slices=n_slices,
-    )
+    return _centred_stack(row_direction, column_direction, rows, columns, n_slices, pixel_spacing,
+                          slice_spacing, centre)  # fmt: skip
 
 
 def _xyz(vector: np.ndarray) -> tuple[float, float, float]:

@@ -27,7 +27,14 @@ import torch
 from metastases.atomic import write_json
 from metastases.cli import configure_logging, run_stage
 from metastases.errors import ParamsError, UserError
-from metastases.evaluation.evidence import Evidence, can_explain, ensemble_evidence, make_evidence, peak_lps
+from metastases.evaluation.evidence import (
+    Evidence,
+    array_depth,
+    can_explain,
+    ensemble_evidence,
+    make_evidence,
+    peak_lps,
+)
 from metastases.evaluation.evidence_plots import ModelView, plot_patient_evidence
 from metastases.evaluation.metrics import youden_threshold
 from metastases.ingest.patient import PatientTask, ingest_patient
@@ -174,7 +181,7 @@ def predict_study(
         )
         evidence, lps = None, None
         if can_explain(members):
-            depth = ensemble.input_shape[1] if ensemble.dim == "3d" else ensemble.input_shape[0] // 3
+            depth = array_depth(ensemble)
             loader = [(batch, torch.zeros(1, dtype=torch.long))]
             heat = ensemble_evidence(members, loader, device, depth=depth)[0]  # type: ignore[arg-type]
             evidence = make_evidence(STUDY_KEY, heat)

@@ -21,6 +21,7 @@ from metastases.atomic import write_csv, write_json
 from metastases.evaluation.calibration import brier
 from metastases.evaluation.evidence import (
     Evidence,
+    array_depth,
     can_explain,
     ensemble_evidence,
     evidence_for,
@@ -87,7 +88,7 @@ def out_of_fold_evidence(ensemble: Ensemble, array_dir: Path, batch_size: int) -
     if not can_explain([f.model for f in ensemble.folds]):
         return None
     device = torch.device("cpu")
-    depth = ensemble.input_shape[1] if ensemble.dim == "3d" else ensemble.input_shape[0] // 3
+    depth = array_depth(ensemble)
     evidence: dict[str, Evidence] = {}
     for fold in ensemble.folds:
         rows = ensemble.out_of_fold[ensemble.out_of_fold["fold"] == fold.fold]

@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from metastases.models import evidence_map, has_evidence
+from metastases.params import SEQUENCES
+from metastases.training.checkpoint import Ensemble
 from metastases.training.runtime import amp_enabled
 from metastases.volumes import GridGeometry
 
@@ -93,6 +95,12 @@ def ensemble_evidence(
         mean = torch.stack(maps).mean(dim=0)
         heats += [m.cpu().numpy().astype(np.float32) for m in mean]
     return heats
+
+
+def array_depth(ensemble: Ensemble) -> int:
+    """Slices of the ensemble's array grid: ``D`` of ``[3, D, S, S]``, or ``60 / 3`` of the 2D layout."""
+    shape = ensemble.input_shape
+    return shape[1] if ensemble.dim == "3d" else shape[0] // len(SEQUENCES)
 
 
 def peak_of(heat: np.ndarray) -> tuple[int, int, int]:
@@ -192,6 +200,7 @@ def lesions_in_view(
     inverse = _inverse_affine(geometry)
     found = []
     slices = np.asarray(geometry.slices)
+    pixel_mm = _distance(geometry.world(slice_index, 0, 0), geometry.world(slice_index, 0, 1))
     for r in rows.itertuples():
         ras = np.array([-r.x_mm, -r.y_mm, r.z_mm])
         i, j, k = (inverse[:3, :3] @ ras) + inverse[:3, 3]
@@ -200,7 +209,6 @@ def lesions_in_view(
             continue
         column = (0.5 - (i - geometry.centre_i) / geometry.span_i) * geometry.size - 0.5
         row = (0.5 - (j - geometry.centre_j) / geometry.span_j) * geometry.size - 0.5
-        pixel_mm = _distance(geometry.world(slice_index, 0, 0), geometry.world(slice_index, 0, 1))
         found.append((float(row), float(column), r.diameter_mm / 2 / pixel_mm, str(r.kind)))
     return found
 

@@ -24,6 +24,7 @@ from metastases.errors import UserError
 from metastases.evaluation.calibration import PlattScaling, brier, plot_calibration
 from metastases.evaluation.evidence import (
     Evidence,
+    array_depth,
     can_explain,
     ensemble_evidence,
     evidence_for,
@@ -41,6 +42,7 @@ from metastases.training.cohort import load_cohort, require_both_classes
 from metastases.training.dataset import PatientArrays
 from metastases.training.loop import make_loader, predict
 from metastases.training.runtime import configure_torch, resolve_device
+from metastases.volumes import GridGeometry
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ class _Explained:
     scores: dict[str, float]
     labels: dict[str, int]
     threshold: float
+    geometry: dict[str, GridGeometry]
 
 
 def explain(
@@ -104,7 +107,7 @@ def explain(
     if not can_explain(models):
         return None
     loader = make_loader(PatientArrays(array_dir, patients), batch_size, False, 0, 0, device)
-    depth = ensemble.input_shape[1] if ensemble.dim == "3d" else ensemble.input_shape[0] // 3
+    depth = array_depth(ensemble)
     heats = ensemble_evidence(models, loader, device, depth=depth)
     return evidence_for([str(p) for p in patients["patient"]], heats)
 
@@ -209,10 +212,10 @@ def run_evaluation(
             patients = [str(p) for p in test["patient"]]
             explained[dim] = _Explained(
                 name, array_dir, evidence, dict(zip(patients, scores.tolist(), strict=True)),
-                dict(zip(patients, labels.tolist(), strict=True)), threshold,
+                dict(zip(patients, labels.tolist(), strict=True)), threshold, load_geometry(array_dir),
             )  # fmt: skip
             if lesions is not None:
-                game = pointing_game(evidence, explained[dim].labels, load_geometry(array_dir), lesions)
+                game = pointing_game(evidence, explained[dim].labels, explained[dim].geometry, lesions)
                 results[dim]["localisation"] = game.localisation
                 results[dim]["localisation_patients"] = game.patients
                 log.info("evaluate %s: highest evidence inside a true metastasis for %s of %d patients", dim,
@@ -274,12 +277,11 @@ def write_evidence_pictures(
     if not explained:
         return
     folder.mkdir(parents=True)
-    geometry = {dim: load_geometry(item.array_dir) for dim, item in explained.items()}
     montage: dict[str, list[tuple[str, ModelView]]] = {item.title: [] for item in explained.values()}
     patients = sorted({p for item in explained.values() for p in item.evidence}, key=_natural)
     for patient in patients:
         views = []
-        for dim, item in explained.items():
+        for item in explained.values():
             if patient not in item.evidence:
                 continue
             view = ModelView(
@@ -289,7 +291,7 @@ def write_evidence_pictures(
                 probability=item.scores[patient],
                 threshold=item.threshold,
                 label=item.labels[patient],
-                geometry=geometry[dim].get(patient),
+                geometry=item.geometry.get(patient),
             )
             views.append(view)
             montage[item.title].append((patient, view))

@@ -60,9 +60,10 @@ pull: install
 
 # Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built
 # from scratch under data/benchmark/, 3 training seeds; the table lands in data/benchmark/benchmark.md (several hours
-# on 2 cores: see docs/benchmark.md).
+# on 2 cores: see docs/benchmark.md). The table is rewritten after every run, and a rerun resumes: runs with the
+# same settings, data and code are kept.
 benchmark: install
-	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1
+	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1 --resume
 
 # Score a new patient's DICOM folder with the trained models: probabilities, decisions at the out-of-fold
 # threshold, evidence picture -> $(OUT)/prediction.json, $(OUT)/evidence.png. Nothing identifying is written.

@@ -171,6 +171,69 @@ def test_one_seed_shows_the_ci_and_the_seed_baselines(cohort: dict[str, Path], t
     assert "| alexnet2d (seed recipe) | seed: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
 
 
+def test_resume_reuses_finished_runs_and_reruns_changed_ones(cohort: dict[str, Path], tmp_path: Path) -> None:
+    first = _run(cohort, tmp_path, jobs=1, seeds=1, rows=["cnn3d"])
+    assert first["complete"] is True and all("job_key" in run for run in first["runs"][1:])
+
+    def resume(*extra: str) -> dict:
+        benchmark.main(
+            [
+                "--params", str(cohort["params"]),
+                "--data-2d", str(cohort["2d"]), "--data-3d", str(cohort["3d"]),
+                "--splits", str(cohort["splits"]), "--threads", "1",
+                "--out", str(tmp_path / "benchmark.md"), "--json", str(tmp_path / "benchmark.json"),
+                "--resume", *extra,
+            ]
+        )  # fmt: skip
+        return json.loads((tmp_path / "benchmark.json").read_text())
+
+    second = resume("--models", "cnn3d", "cnn2d:seed", "--epochs", "1", "--seeds", "2")
+    by_row_seed = {(run["row"], run.get("seed")): run for run in second["runs"][1:]}
+    assert sorted(by_row_seed) == [
+        ("cnn2d (seed recipe)", 42),
+        ("cnn2d (seed recipe)", 43),
+        ("cnn3d", 42),
+        ("cnn3d", 43),
+    ]
+    # the finished run is taken as saved (its timings too: it was not trained again) ...
+    assert by_row_seed[("cnn3d", 42)] == first["runs"][1]
+    assert [row["row"] for row in second["rows"][1:]] == ["cnn3d", "cnn2d (seed recipe)"]
+    # ... and a changed setting (2 epochs) is a different run: nothing is reused
+    third = resume("--models", "cnn3d", "--epochs", "2")
+    assert third["runs"][1]["settings"]["epochs"] == 2
+    assert third["runs"][1]["job_key"] != first["runs"][1]["job_key"]
+
+
+def test_resume_refuses_a_file_that_is_not_a_benchmark(cohort: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "benchmark.json").write_text("not json")
+    with pytest.raises(ParamsError, match="--resume"):
+        benchmark.main(
+            [
+                "--params", str(cohort["params"]), "--data-2d", str(cohort["2d"]),
+                "--data-3d", str(cohort["3d"]), "--splits", str(cohort["splits"]),
+                "--models", "cnn3d", "--epochs", "1", "--json", str(tmp_path / "benchmark.json"),
+                "--out", str(tmp_path / "benchmark.md"), "--resume",
+            ]
+        )  # fmt: skip
+
+
+def test_a_partial_table_is_written_after_every_run(cohort: dict[str, Path], tmp_path: Path) -> None:
+    seen: list[str] = []
+    original = benchmark.write_text
+
+    def spy(path: Path, text: str) -> None:
+        seen.append(text)
+        original(path, text)
+
+    benchmark.write_text = spy  # type: ignore[assignment]
+    try:
+        _run(cohort, tmp_path, jobs=1, seeds=1, rows=["cnn3d", "cnn2d"])
+    finally:
+        benchmark.write_text = original  # type: ignore[assignment]
+    assert "Partial: 1 of 2" in seen[0] and "| cnn3d |" in seen[0] and "| cnn2d |" not in seen[0]
+    assert "Partial" not in seen[-1] and "| cnn2d |" in seen[-1]
+
+
 def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None:
     specs = [benchmark.parse_row(text) for text in benchmark.DEFAULT_ROWS]
     assert [spec.name for spec in specs] == [

@@ -41,11 +41,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import logging
 import multiprocessing
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ from metastases.arrays import build_arrays, load_geometry, read_manifest
 from metastases.atomic import write_csv, write_json, write_text
 from metastases.cli import configure_logging, run_stage
 from metastases.demo_cohort.cohort import build_cohort
+from metastases.errors import ParamsError
 from metastases.evaluation.crossval import out_of_fold_evidence
 from metastases.evaluation.evidence import pointing_game
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at
@@ -424,14 +428,72 @@ def _benchmark_job(job: Job) -> dict:
     return row
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
-    """Benchmark runs in the order of ``jobs``, ``workers`` jobs at a time (1: in this process)."""
+def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Benchmark runs in the order of ``jobs``, ``workers`` jobs at a time (1: in this process).
+
+    ``on_done(index, run)`` is called as each job finishes (in finishing order), so that a long
+    benchmark can save what it has before the next job starts.
+    """
+    runs: dict[int, dict] = {}
+
+    def finished(index: int, run: dict) -> None:
+        runs[index] = run
+        if on_done is not None:
+            on_done(index, run)
+
     if workers == 1:
-        return [_benchmark_job(job) for job in jobs]
-    # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        return list(pool.map(_benchmark_job, jobs))
+        for index, job in enumerate(jobs):
+            finished(index, _benchmark_job(job))
+    else:
+        # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            futures = {pool.submit(_benchmark_job, job): index for index, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    return [runs[index] for index in range(len(jobs))]
+
+
+SPEED_ONLY = ("threads", "num_workers", "parallel_folds", "nproc", "device")
+"""Training params that change the speed, not the numbers: not part of a run's identity."""
+
+
+def job_key(job: Job, data_id: str) -> str:
+    """What makes a run reusable by ``--resume``: its row, training seed, every training setting that
+    changes the numbers, and the data it trained on (``data_id``)."""
+    settings = {k: v for k, v in dataclasses.asdict(job.params).items() if k not in SPEED_ONLY}
+    text = json.dumps([job.spec.name, job.seed, settings, data_id], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_identity(splits: Path, *array_dirs: Path) -> str:
+    """A short digest of the split table, every array file, and the code that trains and scores (the
+    package's ``models``, ``training`` and ``evaluation`` modules and ``params.py``): a resumed run must
+    have used the same data and the same code."""
+    package = Path(__file__).parent
+    code = sorted(
+        [package / "params.py"]
+        + [path for part in ("models", "training", "evaluation") for path in (package / part).rglob("*.py")]
+    )
+    data = [path for directory in array_dirs for path in sorted(directory.rglob("*")) if path.is_file()]
+    digest = hashlib.sha256()
+    for path in [splits, *data, *code]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def previous_runs(path: Path) -> dict[str, dict]:
+    """Runs saved by an earlier (possibly interrupted) benchmark in ``path``, by :func:`job_key`."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ParamsError(
+            f"--resume: {path} is not a benchmark JSON ({error.msg}); remove it or drop --resume"
+        ) from None
+    return {run["job_key"]: run for run in saved.get("runs", []) if "job_key" in run}
 
 
 def _std(values: list[float]) -> float | None:
@@ -614,6 +676,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, help="markdown table (default: reports/benchmark.md)")
     parser.add_argument("--json", type=Path, help="runs and rows as JSON (default: reports/benchmark.json)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs saved in --json by an earlier, possibly interrupted, benchmark when their "
+        "row, seed, settings and data are the same (the table and JSON are rewritten after every run)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -672,23 +740,51 @@ def main(argv: list[str] | None = None) -> None:
         for spec in specs
         for training_seed in seeds
     ]
-    runs = run_jobs(jobs, args.jobs)
-    rows = [_reference_row(reference)]
-    for index in range(len(specs)):
-        rows.append(aggregate(runs[index * len(seeds) : (index + 1) * len(seeds)]))
+    data_id = data_identity(args.splits, args.data_2d, args.data_3d)
+    keys = [job_key(job, data_id) for job in jobs]
+    saved = previous_runs(args.json) if args.resume else {}
+    done: dict[int, dict] = {index: saved[key] for index, key in enumerate(keys) if key in saved}
+    todo = [index for index in range(len(jobs)) if index not in done]
+    if done:
+        log.info(
+            "--resume: %d of %d runs taken from %s, %d to run", len(done), len(jobs), args.json, len(todo)
+        )
     splits = cohorts["2d"].splits
-    table = markdown_table(
-        rows,
-        cohort_size=len(splits),
-        test_size=int((splits["split"] == "test").sum()),
-        folds=len(cohorts["2d"].folds),
-        seeds=seeds,
-    )
-    write_json(
-        args.json,
-        {"seeds": seeds, "bootstrap_seed": seed, "rows": rows, "runs": [reference, *runs]},
-    )
-    write_text(args.out, table)
+    layout = {
+        "cohort_size": len(splits),
+        "test_size": int((splits["split"] == "test").sum()),
+        "folds": len(cohorts["2d"].folds),
+        "seeds": seeds,
+    }
+
+    def save() -> str:
+        """Write the table of every row whose runs are all done (all rows at the end)."""
+        rows = [_reference_row(reference)]
+        for index in range(len(specs)):
+            indices = range(index * len(seeds), (index + 1) * len(seeds))
+            if all(i in done for i in indices):
+                rows.append(aggregate([done[i] for i in indices]))
+        complete = len(done) == len(jobs)
+        table = markdown_table(rows, **layout)  # type: ignore[arg-type]
+        if not complete:
+            table += (
+                f"\nPartial: {len(done)} of {len(jobs)} (row, seed) runs done; rows with a seed still to "
+                "run are not shown. `--resume` continues from here.\n"
+            )
+        runs = [reference] + [done[i] | {"job_key": keys[i]} for i in sorted(done)]
+        write_json(
+            args.json,
+            {"seeds": seeds, "bootstrap_seed": seed, "complete": complete, "rows": rows, "runs": runs},
+        )
+        write_text(args.out, table)
+        return table
+
+    def on_done(position: int, run: dict) -> None:
+        done[todo[position]] = run
+        save()
+
+    run_jobs([jobs[index] for index in todo], args.jobs, on_done)
+    table = save()
     log.info("benchmark table written to %s\n%s", args.out, table)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +127,39 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
 
 
 @pytest.mark.slow
+def test_micro_batches_accumulate_the_whole_batch_gradient_alone_and_under_ddp(
+    cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    """``micro_batch``: the batch of 4 back-propagated one sample at a time (in one process, and in each of
+    two gloo processes, whose all-reduce then happens on the last micro-batch only) gives LeNet-3D (no
+    batch normalisation, no dropout) the losses and scores of the whole-batch step to 1e-5 and its weights
+    to 1e-4 (float32 sums in another order; Adam divides by each gradient's own scale, so a near-zero
+    gradient's rounding reaches the weights: measured 1.6e-5), while training moved them by far more."""
+    section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003}
+    reference = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section), SEED,
+                             _outputs(tmp_path / "one"))  # fmt: skip
+    micro = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section, micro_batch=1), SEED,
+                         _outputs(tmp_path / "micro"))  # fmt: skip
+    result = _stage(tmp_path, "3d", {**section, "nproc": 2, "micro_batch": 1}, cohort, tmp_path / "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp/train.json").read_text())
+    shape = (3, 20, 32, 32)
+    one = load_ensemble(tmp_path / "one/model.pt", "lenet3d", "3d", shape, "test")
+    for metrics, name in ((micro, "micro"), (ddp, "ddp")):
+        for fold in range(3):
+            for key in ("train_loss", "val_loss", "val_auc"):
+                assert metrics[f"fold{fold}"][key] == pytest.approx(reference[f"fold{fold}"][key], abs=1e-5)
+        other = load_ensemble(tmp_path / name / "model.pt", "lenet3d", "3d", shape, "test")
+        for a, b in zip(one.folds, other.folds, strict=True):
+            trained, accumulated = a.model.state_dict(), b.model.state_dict()
+            apart = max(float((trained[k] - accumulated[k]).abs().max()) for k in trained)
+            seed_everything(fold_seed(SEED, a.fold, 0))
+            initial = build_model("lenet3d", shape).state_dict()
+            moved = max(float((trained[k] - initial[k]).abs().max()) for k in trained)
+            assert apart < 1e-4 and moved > 1e-3, (name, a.fold, apart, moved)
+
+
+@pytest.mark.slow
 def test_two_gloo_processes_with_batch_norm_and_dropout_stay_within_a_seed_change(
     cohort: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -162,3 +198,71 @@ def test_cuda_without_a_gpu_is_one_line_before_any_worker_starts(
         "error: device 'cuda': no CUDA device is available; use device: auto or cpu"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children first."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+def _rank_and_cpu(pid: int) -> tuple[str | None, float]:
+    """The RANK in a process's environment and the CPU seconds it has used."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None, 0.0
+    rank = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"RANK=")), None)
+    return rank, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through Linux /proc")
+def test_a_worker_killed_mid_training_ends_the_stage_with_one_line_and_nothing_written(
+    cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    """Rank 1 is killed (SIGKILL, as the out-of-memory killer or a lost node would) once it has trained for
+    a few CPU seconds: torchrun stops rank 0, the stage exits 2 with one ``error:`` line, and no model,
+    metrics or temporary file is left."""
+    params = tmp_path / "params.yaml"
+    section = {**TINY, "model": "lenet3d", "epochs": 400, "lr": 0.003, "nproc": 2}
+    params.write_text(yaml.safe_dump({"seed": SEED, "train_3d": section}))
+    out = tmp_path / "out"
+    outputs = _outputs(out)
+    command = [
+        sys.executable, str(ROOT / "stages/train.py"), "--dim", "3d", "--params", str(params),
+        "--data-dir", str(cohort["3d"]), "--splits", str(cohort["splits"]), "--model-out", str(outputs.model),
+        "--metrics", str(outputs.metrics), "--curves", str(outputs.curves), "--png", str(outputs.png),
+        "--timing", str(outputs.timing),
+    ]  # fmt: skip
+    stage = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = None, time.monotonic() + 240
+    try:
+        while killed is None and stage.poll() is None and time.monotonic() < deadline:
+            for pid in _descendants(stage.pid):
+                rank, cpu = _rank_and_cpu(pid)
+                if rank == "1" and cpu > 6.0:  # past the imports and the rendezvous: training
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+                    break
+            time.sleep(0.2)
+        _, stderr = stage.communicate(timeout=120)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    assert killed is not None, "rank 1 was never seen training"
+    assert stage.returncode == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: distributed training on 2 processes failed"), last
+    assert "Traceback" not in last
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())

@@ -317,6 +317,10 @@ class TrainParams:
     model: str = "cnn2d"
     epochs: int = 40
     batch_size: int = 8
+    micro_batch: int = 0
+    """Samples per forward/backward pass: the gradients of a batch accumulate over its micro-batches of
+    this size before the one optimiser step, so memory follows ``micro_batch`` while the step is still
+    the whole batch's (batch normalisation then sees each micro-batch on its own); 0: the whole batch."""
     lr: float = 0.003
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0001
@@ -344,6 +348,10 @@ class TrainParams:
         name = self.section_name
         _require(self.epochs >= 1, f"{name}.epochs: must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{name}.batch_size: must be at least 1, got {self.batch_size}")
+        _require(
+            self.micro_batch >= 0,
+            f"{name}.micro_batch: a whole number >= 0 (0: the whole batch), got {self.micro_batch}",
+        )
         _require(0 < self.lr < 1, f"{name}.lr: must be in (0, 1), got {self.lr}")
         _require(
             self.lr_schedule in LR_SCHEDULES,

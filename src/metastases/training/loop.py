@@ -6,6 +6,7 @@ one training set and an optional validation set, and records what the plots and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -147,6 +148,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     *,
     group: Group | None = None,
+    micro_batch: int = 0,
 ) -> tuple[list[float], Timing]:
     """One pass over ``loader``; returns each batch's loss and the data-wait/compute split.
 
@@ -160,6 +162,9 @@ def train_one_epoch(
         group: the process group of a multi-process run: each rank's loss is its share's summed loss
             over the whole batch's sample count, times the number of ranks, so that DDP's gradient
             average is the gradient of the whole batch's mean loss; the loss returned is that mean.
+        micro_batch: samples per forward/backward pass (0: the whole batch): each micro-batch's summed
+            loss over the batch's sample count is back-propagated, so the accumulated gradient is the
+            whole batch's; one optimiser step per batch.
     """
     model.train()
     losses: list[float] = []
@@ -172,25 +177,55 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         loaded = time.perf_counter()
         timing.data_wait_s += loaded - tick
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            logits = model(images)
-            if group is None:
-                loss = criterion(logits, labels)
-            else:
-                share = summed(logits.float(), labels)
-                counted = torch.stack([share.detach(), (labels != IGNORE_LABEL).sum().to(share.dtype)])
-                batch_sum, batch_count = group.all_sum(counted).tolist()
-                loss = share * (group.world / batch_count)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        if group is None and not 0 < micro_batch < len(labels):
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                loss = criterion(model(images), labels)
+            scaler.scale(loss).backward()
+            batch_loss = float(loss.detach())
+        else:
+            batch_loss = _accumulate(model, images, labels, summed, scaler, amp, group, micro_batch)
         scaler.step(optimizer)
         scaler.update()
-        losses.append(float(loss.detach()) if group is None else batch_sum / batch_count)
+        losses.append(batch_loss)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         tick = time.perf_counter()
         timing.compute_s += tick - loaded
     return losses, timing
+
+
+def _accumulate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    summed: nn.Module,
+    scaler: torch.amp.GradScaler,
+    amp: bool,
+    group: Group | None,
+    micro_batch: int,
+) -> float:
+    """Back-propagate one batch (this rank's share under ``group``) in micro-batches of ``micro_batch``
+    samples (0: at once); returns the whole batch's mean loss. Each part's loss is its summed loss over
+    the batch's sample count (times the ranks under DDP, whose gradient average divides by them), so the
+    accumulated gradient is that of the batch's mean loss; DDP synchronises on the last part only."""
+    counted = (labels != IGNORE_LABEL).sum().to(torch.float32)
+    batch_count = float(counted) if group is None else float(group.all_sum(counted.reshape(1))[0])
+    weight = (1 if group is None else group.world) / batch_count
+    size = micro_batch if 0 < micro_batch < len(labels) else max(len(labels), 1)
+    starts = list(range(0, len(labels), size)) or [0]  # an empty share still joins DDP's all-reduce
+    loss_sum = torch.zeros((), dtype=torch.float32, device=labels.device)
+    for index, start in enumerate(starts):
+        last = index == len(starts) - 1
+        no_sync = getattr(model, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=amp):
+                part = summed(model(images[start : start + size]).float(), labels[start : start + size])
+            scaler.scale(part * weight).backward()
+        loss_sum += part.detach()
+    if group is not None:
+        loss_sum = group.all_sum(loss_sum.reshape(1))[0]
+    return float(loss_sum) / batch_count
 
 
 @torch.inference_mode()
@@ -261,7 +296,14 @@ def fit(
     for epoch in progress:
         train_set.set_epoch(epoch)
         losses, timing = train_one_epoch(
-            model, train_loader, criterion, optimizer, device, scaler, group=group
+            model,
+            train_loader,
+            criterion,
+            optimizer,
+            device,
+            scaler,
+            group=group,
+            micro_batch=params.micro_batch,
         )
         result.timing.add(timing)
         if schedule is not None:

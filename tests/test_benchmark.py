@@ -198,6 +198,9 @@ def test_resume_reuses_finished_runs_and_reruns_changed_ones(cohort: dict[str, P
     # the finished run is taken as saved (its timings too: it was not trained again) ...
     assert by_row_seed[("cnn3d", 42)] == first["runs"][1]
     assert [row["row"] for row in second["rows"][1:]] == ["cnn3d", "cnn2d (seed recipe)"]
+    # all done: nothing is trained again, with any --jobs
+    again = resume("--models", "cnn3d", "cnn2d:seed", "--epochs", "1", "--seeds", "2", "--jobs", "2")
+    assert again["runs"][1:] == second["runs"][1:] and again["complete"] is True
     # ... and a changed setting (2 epochs) is a different run: nothing is reused
     third = resume("--models", "cnn3d", "--epochs", "2")
     assert third["runs"][1]["settings"]["epochs"] == 2

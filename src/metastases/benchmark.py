@@ -441,7 +441,7 @@ def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]
         if on_done is not None:
             on_done(index, run)
 
-    if workers == 1:
+    if workers == 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
             finished(index, _benchmark_job(job))
     else:

@@ -36,8 +36,8 @@ run: demo
 	@echo "Plots:   plots/*.png, plots/**/*.csv  (dvc plots show)"
 
 lint: install
-	$(BIN)/ruff check src stages tests
-	$(BIN)/ruff format --check src stages tests
+	$(BIN)/ruff check src stages tests scripts
+	$(BIN)/ruff format --check src stages tests scripts
 
 # mypy, configured in pyproject.toml ([tool.mypy]: src and stages)
 typecheck: install

@@ -1,0 +1,56 @@
+"""One epoch of the original study's recipe on every patient of an array folder: time and memory at S = 512.
+
+    /usr/bin/time -v python scripts/fit_one_epoch.py {2d,3d} ARRAY_DIR [MICRO_BATCH]
+
+Trains alexnet2d (2d) or lenet3d (3d) with the seed recipe (Adam lr 1e-4 constant, batch 10, no
+augmentation, 1 torch thread, 1 loader worker, CPU) for one epoch on all patients of ARRAY_DIR
+(index.csv and <patient>.npy, as slice-2d / stack-3d write them), without validation, through
+``metastases.training.loop.fit``; prints the seconds per training sample as JSON. MICRO_BATCH (default 0:
+the whole batch) is ``train_<dim>.micro_batch``. The README's "Scaling" section quotes its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metastases.params import Train3DParams, TrainParams
+from metastases.training.loop import fit
+from metastases.training.runtime import configure_torch
+
+SEED_RECIPE = {
+    "lr": 0.0001, "lr_schedule": "constant", "batch_size": 10, "epochs": 1, "weight_decay": 0.0,
+    "noise_std": 0.0, "intensity_shift": 0.0, "rotate_degrees": 0.0, "scale": 0.0, "threads": 1,
+    "num_workers": 1, "parallel_folds": 1, "device": "cpu",
+}  # fmt: skip
+
+
+def main() -> int:
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("2d", "3d"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    dim, array_dir = sys.argv[1], Path(sys.argv[2])
+    micro_batch = int(sys.argv[3]) if len(sys.argv) == 4 else 0
+    cls, model = (TrainParams, "alexnet2d") if dim == "2d" else (Train3DParams, "lenet3d")
+    params = cls(model=model, micro_batch=micro_batch, **SEED_RECIPE)  # type: ignore[arg-type]
+    train = pd.read_csv(array_dir / "index.csv", dtype={"patient": str})
+    shape = tuple(np.load(array_dir / f"{train['patient'].iloc[0]}.npy", mmap_mode="r").shape)
+    device = torch.device("cpu")
+    configure_torch(True, 1, device)
+    start = time.perf_counter()
+    fit(array_dir, train, None, params, 1, 42, device, shape, description=f"{dim} {model}")
+    took = time.perf_counter() - start
+    result = {"model": model, "shape": list(shape), "samples": len(train), "micro_batch": micro_batch,
+              "seconds": round(took, 1), "seconds_per_sample": round(took / len(train), 2)}  # fmt: skip
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,9 +17,10 @@ from pathlib import Path
 
 
 def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc), parents before their children."""
     found, queue = [pid], [pid]
     while queue:
-        for task in Path(f"/proc/{queue.pop()}/task").glob("*/children"):
+        for task in Path(f"/proc/{queue.pop(0)}/task").glob("*/children"):
             try:
                 children = [int(c) for c in task.read_text().split()]
             except OSError:
@@ -30,6 +31,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def resident_mib(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB (0 once it has exited)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from metastases.models import build_model
 from metastases.params import Train3DParams, TrainParams
-from metastases.training.checkpoint import load_ensemble
+from metastases.training.checkpoint import FoldModel, load_ensemble
 from metastases.training.crossval import fold_seed
 from metastases.training.distributed import IGNORE_LABEL, MarkedSamples, RankBatches
 from metastases.training.runtime import seed_everything
@@ -25,6 +25,9 @@ from metastases.training.workflow import TrainOutputs, run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+from peak_memory import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 42
@@ -91,6 +94,16 @@ def test_a_stand_in_sample_carries_the_ignored_label() -> None:
     assert torch.equal(marked[-1 - 2][0], data[2][0])
 
 
+def _moved_and_apart(a: FoldModel, b: FoldModel, shape: tuple[int, ...]) -> tuple[float, float]:
+    """How far fold model ``a``'s LeNet-3D weights moved from their initialisation, and how far ``b``'s
+    (the same fold, trained another way) lie from them: the largest absolute difference of any weight."""
+    seed_everything(fold_seed(SEED, a.fold, 0))
+    initial = build_model("lenet3d", shape).state_dict()
+    trained, other = a.model.state_dict(), b.model.state_dict()
+    moved = max(float((trained[k] - initial[k]).abs().max()) for k in trained)
+    return moved, max(float((trained[k] - other[k]).abs().max()) for k in trained)
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_without_batch_norm(
     cohort: dict[str, Path], tmp_path: Path
@@ -118,11 +131,7 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
     scores = two.out_of_fold.sort_values("patient")["score"].to_numpy()
     assert scores == pytest.approx(one.out_of_fold.sort_values("patient")["score"].to_numpy(), abs=1e-5)
     for a, b in zip(one.folds, two.folds, strict=True):
-        seed_everything(fold_seed(SEED, a.fold, 0))
-        initial = build_model("lenet3d", shape).state_dict()
-        trained, distributed = a.model.state_dict(), b.model.state_dict()
-        moved = max(float((trained[k] - initial[k]).abs().max()) for k in trained)
-        apart = max(float((trained[k] - distributed[k]).abs().max()) for k in trained)
+        moved, apart = _moved_and_apart(a, b, shape)
         assert moved > 1e-3 and apart < 1e-5, (a.fold, moved, apart)
 
 
@@ -151,11 +160,7 @@ def test_micro_batches_accumulate_the_whole_batch_gradient_alone_and_under_ddp(
                 assert metrics[f"fold{fold}"][key] == pytest.approx(reference[f"fold{fold}"][key], abs=1e-5)
         other = load_ensemble(tmp_path / name / "model.pt", "lenet3d", "3d", shape, "test")
         for a, b in zip(one.folds, other.folds, strict=True):
-            trained, accumulated = a.model.state_dict(), b.model.state_dict()
-            apart = max(float((trained[k] - accumulated[k]).abs().max()) for k in trained)
-            seed_everything(fold_seed(SEED, a.fold, 0))
-            initial = build_model("lenet3d", shape).state_dict()
-            moved = max(float((trained[k] - initial[k]).abs().max()) for k in trained)
+            moved, apart = _moved_and_apart(a, b, shape)
             assert apart < 1e-4 and moved > 1e-3, (name, a.fold, apart, moved)
 
 
@@ -200,21 +205,6 @@ def test_cuda_without_a_gpu_is_one_line_before_any_worker_starts(
     assert not (tmp_path / "out").exists()
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc), children first."""
-    found, queue = [], [pid]
-    while queue:
-        parent = queue.pop(0)
-        for task in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                children = [int(c) for c in task.read_text().split()]
-            except OSError:
-                continue
-            found += children
-            queue += children
-    return found
-
-
 def _rank_and_cpu(pid: int) -> tuple[str | None, float]:
     """The RANK in a process's environment and the CPU seconds it has used."""
     try:
@@ -249,7 +239,7 @@ def test_a_worker_killed_mid_training_ends_the_stage_with_one_line_and_nothing_w
     killed, deadline = None, time.monotonic() + 240
     try:
         while killed is None and stage.poll() is None and time.monotonic() < deadline:
-            for pid in _descendants(stage.pid):
+            for pid in descendants(stage.pid)[1:]:
                 rank, cpu = _rank_and_cpu(pid)
                 if rank == "1" and cpu > 6.0:  # past the imports and the rendezvous: training
                     os.kill(pid, signal.SIGKILL)

@@ -87,6 +87,7 @@ def test_rows_follow_the_models_with_their_recipes(two_seeds: dict[str, dict]) -
         assert settings["batch_size"] == 10 and settings["epochs"] == 1  # --epochs overrides 30 / 20
         assert settings["weight_decay"] == 0 and settings["noise_std"] == 0
         assert settings["intensity_shift"] == 0 and settings["restarts"] == 0
+        assert settings["rotate_degrees"] == 0 and settings["scale"] == 0  # the study had neither
         assert settings["flip_horizontal"] == base[f"train_{row['dim']}"]["flip_horizontal"]
     # the per-seed runs: the reference once, then each row for each seed, in order
     runs = result["runs"]

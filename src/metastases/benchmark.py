@@ -112,14 +112,18 @@ SEED_RECIPE: dict[str, Any] = {
     "weight_decay": 0.0,
     "noise_std": 0.0,
     "intensity_shift": 0.0,
+    "rotate_degrees": 0.0,
+    "scale": 0.0,
 }
-"""The original study's optimiser settings (Adam is the only optimiser); epochs in :data:`SEED_EPOCHS`."""
+"""The original study's optimiser and augmentation settings (Adam is the only optimiser; the study flipped
+left-right and added noise on raw intensities, nothing else); epochs in :data:`SEED_EPOCHS`."""
 
 SEED_EPOCHS = {"2d": 30, "3d": 20}
 
 RECORDED_SETTINGS = (
     "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "restarts",
-    "flip_horizontal", "flip_vertical", "noise_std", "intensity_shift",
+    "flip_horizontal", "flip_vertical", "noise_std", "intensity_shift", "rotate_degrees", "scale",
+    "micro_batch",
 )  # fmt: skip
 """The training settings written to every row of the JSON."""
 

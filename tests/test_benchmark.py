@@ -253,6 +253,13 @@ def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None
         0,
     )
     assert (seed_3d.noise_std, seed_3d.intensity_shift) == (0, 0)
+    # the study trained each model once, flipped left-right and neither rotated nor scaled
+    assert base["3d"].restarts > 0 and base["3d"].rotate_degrees > 0 and base["3d"].scale > 0
+    assert (seed_3d.restarts, seed_3d.rotate_degrees, seed_3d.scale) == (0, 0, 0)
+    assert seed_3d.flip_horizontal == base["3d"].flip_horizontal
+    own_recipe = benchmark.row_params(specs[4], base)
+    assert own_recipe.restarts == base["3d"].restarts
+    assert own_recipe.rotate_degrees == base["3d"].rotate_degrees
     assert benchmark.row_params(specs[2], base, epochs=3).epochs == 3
 
 

@@ -13,12 +13,12 @@ arrays that already exist::
 Rows (``--models``, in the order given): ``NAME`` trains model NAME with the settings of params.yaml's
 ``train_<dim>`` section (model swapped, the same recipe for every model of a kind); ``NAME:seed`` trains
 it with the original study's optimiser settings instead ("seed recipe": Adam lr 1e-4 constant, batch 10,
-30 epochs for 2D / 20 for 3D, weight decay 0, noise 0, intensity shift 0; flips and restarts as
-params.yaml says). The default compares each baseline in both recipes with the default model of its
-kind: ``alexnet2d:seed alexnet2d cnn2d lenet3d:seed lenet3d cnn3d``. The first row is always a trivial
-reference: a logistic regression on per-sequence intensity histograms, cross-validated over the same
-folds and refitted on the whole training split for the held-out column; if it scores like the CNNs, the
-cohort is too easy to tell the models apart.
+30 epochs for 2D / 20 for 3D, weight decay 0, noise 0, intensity shift 0, no rotation or scaling, no
+restarts; flips as params.yaml says). The default compares each baseline in both recipes with the default
+model of its kind: ``alexnet2d:seed alexnet2d cnn2d lenet3d:seed lenet3d cnn3d``. The first row is always
+a trivial reference: a logistic regression on per-sequence intensity histograms, cross-validated over the
+same folds and refitted on the whole training split for the held-out column; if it scores like the CNNs,
+the cohort is too easy to tell the models apart.
 
 Every CNN row is what the pipeline does: ``cross_validate`` trains one model per fold (K models, each on
 the other K-1 folds, with ``restarts``); their out-of-fold scores give the pooled CV AUC and the per-fold
@@ -114,9 +114,11 @@ SEED_RECIPE: dict[str, Any] = {
     "intensity_shift": 0.0,
     "rotate_degrees": 0.0,
     "scale": 0.0,
+    "restarts": 0,
 }
 """The original study's optimiser and augmentation settings (Adam is the only optimiser; the study flipped
-left-right and added noise on raw intensities, nothing else); epochs in :data:`SEED_EPOCHS`."""
+left-right and added noise on raw intensities, nothing else) and its single training per model (no
+restarts: a fold model at chance is counted, not retried); epochs in :data:`SEED_EPOCHS`."""
 
 SEED_EPOCHS = {"2d": 30, "3d": 20}
 

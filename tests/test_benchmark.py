@@ -208,6 +208,42 @@ def test_resume_reuses_finished_runs_and_reruns_changed_ones(cohort: dict[str, P
     assert third["runs"][1]["job_key"] != first["runs"][1]["job_key"]
 
 
+def test_runs_from_other_sittings_are_reused_by_job_key(cohort: dict[str, Path], tmp_path: Path) -> None:
+    one = _run(cohort, tmp_path / "one", jobs=1, seeds=1, rows=["cnn3d"])
+    other = _run(cohort, tmp_path / "other", jobs=1, seeds=1, rows=["lenet3d:seed"])
+    (tmp_path / "both").mkdir()
+    benchmark.main(
+        [
+            "--params", str(cohort["params"]),
+            "--data-2d", str(cohort["2d"]), "--data-3d", str(cohort["3d"]),
+            "--splits", str(cohort["splits"]), "--threads", "1", "--epochs", "1",
+            "--models", "cnn3d", "lenet3d:seed",
+            "--out", str(tmp_path / "both/benchmark.md"), "--json", str(tmp_path / "both/benchmark.json"),
+            "--runs-from", str(tmp_path / "one/benchmark.json"), str(tmp_path / "other/benchmark.json"),
+        ]
+    )  # fmt: skip
+    both = json.loads((tmp_path / "both/benchmark.json").read_text())
+    # taken as saved, timings included: neither was trained again
+    assert both["runs"][1:] == [one["runs"][1], other["runs"][1]] and both["complete"] is True
+    assert [row["row"] for row in both["rows"][1:]] == ["cnn3d", "lenet3d (seed recipe)"]
+
+
+def test_runs_from_a_missing_or_foreign_file_is_one_error(cohort: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "list.json").write_text("[]")
+    for name, message in (("absent.json", "does not exist"), ("list.json", "is not a benchmark JSON")):
+        with pytest.raises(ParamsError, match=f"--runs-from: .*{name} {message}"):
+            benchmark.main(
+                [
+                    "--params", str(cohort["params"]),
+                    "--data-2d", str(cohort["2d"]), "--data-3d", str(cohort["3d"]),
+                    "--splits", str(cohort["splits"]), "--models", "cnn3d",
+                    "--out", str(tmp_path / "b.md"), "--json", str(tmp_path / "b.json"),
+                    "--runs-from", str(tmp_path / name),
+                ]
+            )  # fmt: skip
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_resume_refuses_a_file_that_is_not_a_benchmark(cohort: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "benchmark.json").write_text("not json")
     with pytest.raises(ParamsError, match="--resume"):

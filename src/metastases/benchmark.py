@@ -489,17 +489,30 @@ def data_identity(splits: Path, *array_dirs: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def previous_runs(path: Path) -> dict[str, dict]:
-    """Runs saved by an earlier (possibly interrupted) benchmark in ``path``, by :func:`job_key`."""
+def previous_runs(path: Path, option: str = "--resume") -> dict[str, dict]:
+    """Runs saved by an earlier (possibly interrupted) benchmark in ``path``, by :func:`job_key`; none if
+    ``path`` does not exist yet. ``option`` names the command-line option in the error line."""
     if not path.is_file():
         return {}
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ParamsError(
-            f"--resume: {path} is not a benchmark JSON ({error.msg}); remove it or drop --resume"
+            f"{option}: {path} is not a benchmark JSON ({error.msg}); remove it or drop {option}"
         ) from None
+    if not isinstance(saved, dict):
+        raise ParamsError(f"{option}: {path} is not a benchmark JSON (no runs); remove it or drop {option}")
     return {run["job_key"]: run for run in saved.get("runs", []) if "job_key" in run}
+
+
+def runs_from(paths: list[Path]) -> dict[str, dict]:
+    """The runs of other benchmark JSONs (``--runs-from``: other sittings or machines), by job key."""
+    runs: dict[str, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            raise ParamsError(f"--runs-from: {path} does not exist")
+        runs.update(previous_runs(path, "--runs-from"))
+    return runs
 
 
 def _std(values: list[float]) -> float | None:
@@ -688,6 +701,15 @@ def main(argv: list[str] | None = None) -> None:
         help="reuse the runs saved in --json by an earlier, possibly interrupted, benchmark when their "
         "row, seed, settings and data are the same (the table and JSON are rewritten after every run)",
     )
+    parser.add_argument(
+        "--runs-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="also reuse the runs saved in these benchmark JSONs (other sittings or machines, same arrays "
+        "and code) when their row, seed, settings and data are the same",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -748,13 +770,12 @@ def main(argv: list[str] | None = None) -> None:
     ]
     data_id = data_identity(args.splits, args.data_2d, args.data_3d)
     keys = [job_key(job, data_id) for job in jobs]
-    saved = previous_runs(args.json) if args.resume else {}
+    saved = runs_from(args.runs_from) | (previous_runs(args.json) if args.resume else {})
     done: dict[int, dict] = {index: saved[key] for index, key in enumerate(keys) if key in saved}
     todo = [index for index in range(len(jobs)) if index not in done]
     if done:
-        log.info(
-            "--resume: %d of %d runs taken from %s, %d to run", len(done), len(jobs), args.json, len(todo)
-        )
+        sources = ", ".join(str(path) for path in [args.json] * args.resume + args.runs_from)
+        log.info("%d of %d runs taken from %s, %d to run", len(done), len(jobs), sources, len(todo))
     splits = cohorts["2d"].splits
     layout = {
         "cohort_size": len(splits),

@@ -2,8 +2,8 @@
 
     /usr/bin/time -v python scripts/fit_one_epoch.py {2d,3d} ARRAY_DIR [MICRO_BATCH]
 
-Trains alexnet2d (2d) or lenet3d (3d) with the seed recipe (Adam lr 1e-4 constant, batch 10, no
-augmentation, 1 torch thread, 1 loader worker, CPU) for one epoch on all patients of ARRAY_DIR
+Trains alexnet2d (2d) or lenet3d (3d) with the benchmark's seed recipe (Adam lr 1e-4 constant, batch 10,
+no augmentation but flips, 1 torch thread, 1 loader worker, CPU) for one epoch on all patients of ARRAY_DIR
 (index.csv and <patient>.npy, as slice-2d / stack-3d write them), without validation, through
 ``metastases.training.loop.fit``; prints the seconds per training sample as JSON. MICRO_BATCH (default 0:
 the whole batch) is ``train_<dim>.micro_batch``. The README's "Scaling" section quotes its numbers.
@@ -20,15 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metastases.benchmark import SEED_RECIPE
 from metastases.params import Train3DParams, TrainParams
 from metastases.training.loop import fit
 from metastases.training.runtime import configure_torch
 
-SEED_RECIPE = {
-    "lr": 0.0001, "lr_schedule": "constant", "batch_size": 10, "epochs": 1, "weight_decay": 0.0,
-    "noise_std": 0.0, "intensity_shift": 0.0, "rotate_degrees": 0.0, "scale": 0.0, "threads": 1,
-    "num_workers": 1, "parallel_folds": 1, "device": "cpu",
-}  # fmt: skip
+ONE_CPU = {"epochs": 1, "threads": 1, "num_workers": 1, "parallel_folds": 1, "device": "cpu"}
 
 
 def main() -> int:
@@ -38,7 +35,7 @@ def main() -> int:
     dim, array_dir = sys.argv[1], Path(sys.argv[2])
     micro_batch = int(sys.argv[3]) if len(sys.argv) == 4 else 0
     cls, model = (TrainParams, "alexnet2d") if dim == "2d" else (Train3DParams, "lenet3d")
-    params = cls(model=model, micro_batch=micro_batch, **SEED_RECIPE)  # type: ignore[arg-type]
+    params = cls(model=model, micro_batch=micro_batch, **SEED_RECIPE, **ONE_CPU)  # type: ignore[arg-type]
     train = pd.read_csv(array_dir / "index.csv", dtype={"patient": str})
     shape = tuple(np.load(array_dir / f"{train['patient'].iloc[0]}.npy", mmap_mode="r").shape)
     device = torch.device("cpu")

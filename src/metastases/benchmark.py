@@ -774,7 +774,7 @@ def main(argv: list[str] | None = None) -> None:
     done: dict[int, dict] = {index: saved[key] for index, key in enumerate(keys) if key in saved}
     todo = [index for index in range(len(jobs)) if index not in done]
     if done:
-        sources = ", ".join(str(path) for path in [args.json] * args.resume + args.runs_from)
+        sources = ", ".join(str(path) for path in ([args.json] if args.resume else []) + args.runs_from)
         log.info("%d of %d runs taken from %s, %d to run", len(done), len(jobs), sources, len(todo))
     splits = cohorts["2d"].splits
     layout = {

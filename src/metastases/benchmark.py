@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -83,6 +84,7 @@ from metastases.params import (
     train_sections,
     volume_section,
 )
+from metastases.processes import die_with_parent
 from metastases.splits import make_splits
 from metastases.training.checkpoint import Ensemble, FoldModel
 from metastases.training.cohort import Cohort, load_cohort
@@ -453,7 +455,10 @@ def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]
     else:
         # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)), mp_context=context, initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:  # fmt: skip
             futures = {pool.submit(_benchmark_job, job): index for index, job in enumerate(jobs)}
             for future in as_completed(futures):
                 finished(futures[future], future.result())

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from metastases.errors import UserError
+from metastases.errors import ParamsError, UserError
 
 log = logging.getLogger("metastases")
 
@@ -19,6 +19,13 @@ def configure_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors raise :class:`ParamsError`: :func:`run_stage` prints one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ParamsError(f"{message} (see --help)")
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

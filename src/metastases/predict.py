@@ -11,7 +11,6 @@ no header value, no folder name.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 
 from metastases.atomic import write_json
-from metastases.cli import configure_logging, run_stage
-from metastases.errors import ParamsError, UserError
+from metastases.cli import OneLineParser, configure_logging, run_stage
+from metastases.errors import UserError
 from metastases.evaluation.evidence import (
     Evidence,
     array_depth,
@@ -56,11 +55,6 @@ STUDY_KEY = "study"
 """The name the new study goes by in every output (never its folder name, which may identify)."""
 UNLABELLED = "unlabelled"
 FIX_MODEL = "train it with this version (make run) or pass another --model"
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ParamsError(f"{message} (see --help)")
 
 
 @dataclass(frozen=True)
@@ -231,7 +225,7 @@ def _default_models() -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _OneLineParser(prog="python -m metastases.predict", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m metastases.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "study", type=Path, help="one patient's DICOM folder (any layout, outside the repo too)"
     )

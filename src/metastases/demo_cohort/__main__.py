@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import configure_logging, run_stage
+from metastases.cli import OneLineParser, configure_logging, run_stage
 from metastases.demo_cohort.cohort import build_cohort
-from metastases.errors import ParamsError
 from metastases.params import DemoCohortParams, section
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad arguments raise ParamsError, which run_stage prints as one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ParamsError(f"{message} (see --help)")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m metastases.demo_cohort",
         description="Write the synthetic demo cohort of brain-MRI DICOM studies and labels.csv.",
     )

@@ -84,7 +84,7 @@ from metastases.params import (
     train_sections,
     volume_section,
 )
-from metastases.processes import die_with_parent
+from metastases.processes import guard_worker
 from metastases.splits import make_splits
 from metastases.training.checkpoint import Ensemble, FoldModel
 from metastases.training.cohort import Cohort, load_cohort
@@ -456,7 +456,7 @@ def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]
         # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=context, initializer=die_with_parent,
+            max_workers=min(workers, len(jobs)), mp_context=context, initializer=guard_worker,
             initargs=(os.getpid(),),
         ) as pool:  # fmt: skip
             futures = {pool.submit(_benchmark_job, job): index for index, job in enumerate(jobs)}

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from metastases.errors import ParamsError, UserError
+from metastases.processes import children_end_with_me
 
 log = logging.getLogger("metastases")
 
@@ -47,10 +48,13 @@ def add_both_models_arguments(parser: argparse.ArgumentParser) -> None:
 def run_stage(main: Callable[[list[str] | None], None], argv: Sequence[str] | None = None) -> int:
     """Run a stage's ``main``; a :class:`UserError` becomes one ``error:`` line and exit status 2.
 
+    SIGTERM (``kill``, ``timeout``) ends the stage's worker processes with it (exit status 143).
+
     ``main`` may take ``list[str] | None`` or any wider type (``Sequence[str] | None``): it gets a list.
     """
     try:
-        main(None if argv is None else list(argv))
+        with children_end_with_me():
+            main(None if argv is None else list(argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,18 +1,55 @@
 """Worker processes that do not outlive the process that started them.
 
 A ``ProcessPoolExecutor`` worker keeps running its task when its parent is killed (``kill``, ``timeout``,
-a cancelled CI job, an out-of-memory kill): nobody reads its result, but it holds a core for the rest of
-the fold or benchmark row. Pools pass :func:`die_with_parent` as (part of) their ``initializer``.
+a cancelled CI job): nobody reads its result, but it holds a core for the rest of its fold or benchmark
+row. Two guards, used by every stage (:func:`metastases.cli.run_stage`) and by the benchmark's workers:
+
+- :func:`children_end_with_me`: while it is active, SIGTERM to this process first terminates its
+  multiprocessing children (fold processes, loader workers), then ends it.
+- :func:`die_with_parent`, in a pool's ``initializer``: the kernel sends the worker SIGTERM when its
+  parent ends, however it ends (SIGKILL included; Linux only).
 """
 
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+JOIN_SECONDS = 10.0
+"""How long a terminated child may take to exit before its parent goes anyway."""
+
+
+def _end_children_and_exit(signum: int, _frame: FrameType | None) -> None:
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(JOIN_SECONDS)
+    print(f"error: terminated ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+@contextmanager
+def children_end_with_me() -> Iterator[None]:
+    """While inside, SIGTERM terminates this process's multiprocessing children, then this process
+    (exit status 143, one ``error:`` line). Outside the main thread it does nothing (Python handles
+    signals there only); the previous SIGTERM handler is restored on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _end_children_and_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def die_with_parent(parent: int) -> None:
@@ -33,3 +70,10 @@ def die_with_parent(parent: int) -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
         os._exit(1)
+
+
+def guard_worker(parent: int) -> None:
+    """A pool ``initializer`` for workers that start processes of their own (a benchmark job's fold
+    processes): the worker ends with ``parent`` (:func:`die_with_parent`) and takes its children along."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, _end_children_and_exit)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from torch import nn
 from metastases.cli import configure_logging
 from metastases.errors import UserError
 from metastases.params import TrainParams
-from metastases.processes import die_with_parent
 from metastases.training.cohort import Cohort, require_both_classes
 from metastases.training.distributed import current_group
 from metastases.training.loop import EpochRecord, Timing, fit
@@ -167,13 +165,12 @@ def train_fold(job: FoldJob) -> tuple[FoldResult, pd.DataFrame, Timing]:
     return result, validation.assign(score=scores, fold=fold), timing
 
 
-def _init_fold_worker(parent: int, threads: int, deterministic: bool, device: str) -> None:
-    """A fold process: ends with ``parent`` (the stage), the stage's logging, threads and determinism.
+def _init_fold_worker(threads: int, deterministic: bool, device: str) -> None:
+    """A fold process: the stage's logging, thread count and determinism switch.
 
     Its DataLoader workers are forked, as in a single-process run: a spawned process would otherwise
     spawn them too, re-importing torch for every epoch (seconds each).
     """
-    die_with_parent(parent)
     configure_logging()
     configure_torch(deterministic, threads, torch.device(device))
     if "fork" in multiprocessing.get_all_start_methods():
@@ -211,7 +208,7 @@ def cross_validate(
     else:
         # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
         context = multiprocessing.get_context("spawn")
-        init = (os.getpid(), params.threads, params.deterministic, str(device))
+        init = (params.threads, params.deterministic, str(device))
         pool = ProcessPoolExecutor(
             processes, mp_context=context, initializer=_init_fold_worker, initargs=init
         )

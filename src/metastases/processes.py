@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -27,14 +27,28 @@ JOIN_SECONDS = 10.0
 """How long a terminated child may take to exit before its parent goes anyway."""
 
 
-def _end_children_and_exit(signum: int, _frame: FrameType | None) -> None:
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(JOIN_SECONDS)
-    print(f"error: terminated ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
-    os._exit(128 + signum)
+def _end_children_and_exit(owner: int) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM handler for process ``owner``: terminate its multiprocessing children, say so in one
+    line, exit. A process forked from it (a DataLoader worker) inherits the handler; there it only exits,
+    so that the stage prints its line once."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        # the children's exits must not run another handler in here (PyTorch's SIGCHLD handler raises
+        # when a loader worker ends by a signal), and nothing may keep this process from exiting
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            children = multiprocessing.active_children()
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.join(JOIN_SECONDS)
+            print(f"error: terminated ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        finally:
+            os._exit(128 + signum)
+
+    return handler
 
 
 @contextmanager
@@ -45,7 +59,7 @@ def children_end_with_me() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _end_children_and_exit)
+    previous = signal.signal(signal.SIGTERM, _end_children_and_exit(os.getpid()))
     try:
         yield
     finally:
@@ -76,4 +90,4 @@ def guard_worker(parent: int) -> None:
     """A pool ``initializer`` for workers that start processes of their own (a benchmark job's fold
     processes): the worker ends with ``parent`` (:func:`die_with_parent`) and takes its children along."""
     die_with_parent(parent)
-    signal.signal(signal.SIGTERM, _end_children_and_exit)
+    signal.signal(signal.SIGTERM, _end_children_and_exit(os.getpid()))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -23,59 +24,83 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="r
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
+def _stat(pid: int | str) -> tuple[str, int, bytes] | None:
+    """State, parent and command line of ``pid``; None when it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1]), Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie (an exited process nobody has reaped yet)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _live() -> dict[int, tuple[int, bytes]]:
+    """Every live process: its parent and command line."""
+    table = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _stat(entry.name)
+        if stat is not None and stat[0] not in ("Z", "X"):
+            table[int(entry.name)] = stat[1:]
+    return table
 
 
 def _workers(pid: int) -> list[int]:
-    """The processes ``pid`` started: pool workers, loader workers (not its resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                command = (entry / "cmdline").read_bytes()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[1]) == pid and b"resource_tracker" not in command:
-                found.append(int(entry.name))
-    return found
+    """The live processes ``pid`` started: pool workers, loader workers (not its resource tracker)."""
+    return [
+        child
+        for child, (parent, command) in _live().items()
+        if parent == pid and b"resource_tracker" not in command
+    ]
 
 
-def _wait(condition: Callable[[], bool], seconds: float) -> bool:
+def _wait(find: Callable[[], list[int]], seconds: float) -> list[int]:
+    """Poll ``find`` until it lists something (returned) or ``seconds`` pass (empty list)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        if found := find():
+            return found
         time.sleep(0.2)
-    return condition()
+    return find()
 
 
 def _signal_and_watch(
     command: list[str], ready: Callable[[int], list[int]], signum: int, cwd: Path
 ) -> tuple[list[int], int, str]:
-    """Start ``command``; once ``ready(pid)`` lists its workers, send it ``signum``. Returns the workers
-    still alive 15 s later (killed afterwards), the exit status and stderr."""
+    """Start ``command``; once ``ready(pid)`` lists its workers, send it ``signum``. Returns what still
+    runs 15 s after it exited (those workers, and any process whose command line names ``cwd``, such as
+    a forked loader worker), its exit status and stderr. Everything it started is killed at the end."""
     log = cwd / "stderr.txt"
     with log.open("w") as stderr:  # a file, not a pipe: surviving workers would hold a pipe open
-        process = subprocess.Popen(command, cwd=cwd, env=ENV, stderr=stderr, text=True)
+        process = subprocess.Popen(command, cwd=cwd, env=ENV, stderr=stderr, start_new_session=True)
+    workers: list[int] = []
+
+    def running() -> list[int]:
+        marker = str(cwd).encode()
+        return [pid for pid, (_, cmd) in _live().items() if pid in workers or marker in cmd]
+
     try:
-        assert _wait(lambda: bool(ready(process.pid)), 180.0), "the workers never started"
-        workers = ready(process.pid)
+        workers = _wait(lambda: ready(process.pid), 180.0)
+        assert workers, "the workers never started"
         time.sleep(1.0)  # past the workers' initializers
         process.send_signal(signum)
-        process.wait(timeout=60)
-        _wait(lambda: not any(_alive(pid) for pid in workers), 15.0)
-        survivors = [pid for pid in workers if _alive(pid)]
+        process.wait(timeout=90)
+
+        deadline = time.monotonic() + 15.0
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        survivors = running()
     finally:
-        process.kill()
-    for pid in survivors:
-        os.kill(pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the session: whatever the test left behind
+        for pid in running():  # torchrun starts its ranks in sessions of their own
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
     return survivors, process.returncode, log.read_text()
 
 
@@ -125,14 +150,26 @@ def endless(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+def _named_after(marker: Path, count: int) -> Callable[[int], list[int]]:
+    """The live processes other than ``pid`` whose command line names ``marker``, once ``count`` run."""
+
+    def find(pid: int) -> list[int]:
+        found = [p for p, (_, cmd) in _live().items() if p != pid and str(marker).encode() in cmd]
+        return found if len(found) >= count else []
+
+    return find
+
+
 @pytest.mark.parametrize(
-    ("parallel_folds", "num_workers"), [(2, 0), (1, 1)], ids=["fold_processes", "loader_worker"]
+    ("parallel_folds", "num_workers", "nproc"),
+    [(2, 0, 1), (1, 1, 1), (1, 0, 2)],
+    ids=["fold_processes", "loader_worker", "torchrun"],
 )
 def test_a_terminated_training_stage_takes_its_workers_along(
-    parallel_folds: int, num_workers: int, endless: dict[str, Path], tmp_path: Path
+    parallel_folds: int, num_workers: int, nproc: int, endless: dict[str, Path], tmp_path: Path
 ) -> None:
     params = yaml.safe_load(endless["params"].read_text())
-    params["train_2d"].update(parallel_folds=parallel_folds, num_workers=num_workers)
+    params["train_2d"].update(parallel_folds=parallel_folds, num_workers=num_workers, nproc=nproc)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
     command = [
@@ -143,13 +180,15 @@ def test_a_terminated_training_stage_takes_its_workers_along(
         "--curves", str(out / "model_2d.csv"), "--png", str(out / "loss_2d.png"),
         "--timing", str(out / "timing.json"),
     ]  # fmt: skip
-    ready = _at_least(max(parallel_folds, num_workers), _workers)
+    # torchrun: the launcher and its two ranks, whose command lines name the stage's arguments
+    ready = _named_after(tmp_path, 3) if nproc > 1 else _at_least(max(parallel_folds, num_workers), _workers)
     survivors, status, stderr = _signal_and_watch(command, ready, signal.SIGTERM, tmp_path)
     assert survivors == []
     assert status == 128 + signal.SIGTERM
     # one line, from the stage: a forked loader worker inherits the handler but leaves quietly
     assert stderr.splitlines().count("error: terminated (SIGTERM)") == 1
-    assert "Traceback" not in stderr
+    if nproc == 1:  # torchrun prints its own traceback when it is stopped (SignalException)
+        assert "Traceback" not in stderr
     assert not out.exists()
 
 

@@ -4,8 +4,8 @@ A ``ProcessPoolExecutor`` worker keeps running its task when its parent is kille
 a cancelled CI job): nobody reads its result, but it holds a core for the rest of its fold or benchmark
 row. Two guards, used by every stage (:func:`metastases.cli.run_stage`) and by the benchmark's workers:
 
-- :func:`children_end_with_me`: while it is active, SIGTERM to this process first terminates its
-  multiprocessing children (fold processes, loader workers), then ends it.
+- :func:`children_end_with_me`: while it is active, SIGTERM to this process first stops its child
+  processes (fold processes, loader workers, a ``torchrun`` launcher), then ends it.
 - :func:`die_with_parent`, in a pool's ``initializer``: the kernel sends the worker SIGTERM when its
   parent ends, however it ends (SIGKILL included; Linux only).
 """
@@ -13,57 +13,99 @@ row. Two guards, used by every stage (:func:`metastases.cli.run_stage`) and by t
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from types import FrameType
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-JOIN_SECONDS = 10.0
-"""How long a terminated child may take to exit before its parent goes anyway."""
+STOP_SECONDS = 40.0
+"""How long stopped children may take to exit (torchrun gives its ranks 30 s) before they are killed."""
 
 
-def _end_children_and_exit(owner: int) -> Callable[[int, FrameType | None], None]:
-    """A SIGTERM handler for process ``owner``: terminate its multiprocessing children, say so in one
-    line, exit. A process forked from it (a DataLoader worker) inherits the handler; there it only exits,
-    so that the stage prints its line once."""
+def _child_pids() -> list[int]:
+    """This process's live children, from /proc (empty elsewhere), except multiprocessing's resource
+    tracker: it removes the pools' semaphores once everyone else has gone."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if (
+                int(fields[1]) == me
+                and fields[0] != "Z"
+                and b"resource_tracker" not in (entry / "cmdline").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+def _stop(pids: list[int]) -> None:
+    """SIGTERM each of ``pids`` (children of this process), wait for them, SIGKILL what is left."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline, waiting = time.monotonic() + STOP_SECONDS, set(pids)
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    waiting.discard(pid)
+            except ChildProcessError:  # already reaped
+                waiting.discard(pid)
+        time.sleep(0.05)
+    for pid in waiting:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_children_and_exit(owner: int, *, quiet: bool) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM handler for process ``owner``: stop its children, say so in one line (unless
+    ``quiet``), exit with 128 + the signal. A process forked from it (a DataLoader worker, before it sets
+    its own handlers) inherits the handler; there it only exits."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        # the children's exits must not run another handler in here (PyTorch's SIGCHLD handler raises
-        # when a loader worker ends by a signal), and nothing may keep this process from exiting
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
-            children = multiprocessing.active_children()
-            for child in children:
-                child.terminate()
-            for child in children:
-                child.join(JOIN_SECONDS)
-            print(f"error: terminated ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+            if os.getpid() == owner:
+                # a child's exit must not run another handler in here (PyTorch's SIGCHLD handler raises
+                # when a loader worker ends by a signal)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _stop(_child_pids())
+                if not quiet:
+                    os.write(2, f"error: terminated ({signal.Signals(signum).name})\n".encode())
+        except OSError:
+            pass  # stderr closed: nothing more to say
         finally:
-            os._exit(128 + signum)
+            os._exit(128 + signum)  # whatever happened above, this process ends
 
     return handler
 
 
+def _under_torchrun() -> bool:
+    """In a process that ``torchrun`` started: torchrun stops its ranks itself."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 @contextmanager
 def children_end_with_me() -> Iterator[None]:
-    """While inside, SIGTERM terminates this process's multiprocessing children, then this process
-    (exit status 143, one ``error:`` line). Outside the main thread it does nothing (Python handles
-    signals there only); the previous SIGTERM handler is restored on leaving."""
-    if threading.current_thread() is not threading.main_thread():
+    """While inside, SIGTERM stops this process's children, then this process (exit status 143, one
+    ``error:`` line). Does nothing outside the main thread (Python handles signals there only) and in
+    a ``torchrun`` rank; the previous SIGTERM handler is restored on leaving."""
+    if threading.current_thread() is not threading.main_thread() or _under_torchrun():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _end_children_and_exit(os.getpid()))
+    previous = signal.signal(signal.SIGTERM, _stop_children_and_exit(os.getpid(), quiet=False))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def die_with_parent(parent: int) -> None:
@@ -88,6 +130,7 @@ def die_with_parent(parent: int) -> None:
 
 def guard_worker(parent: int) -> None:
     """A pool ``initializer`` for workers that start processes of their own (a benchmark job's fold
-    processes): the worker ends with ``parent`` (:func:`die_with_parent`) and takes its children along."""
+    processes): the worker ends with ``parent`` (:func:`die_with_parent`) and stops its own children
+    on the way out, quietly (the parent speaks for the run)."""
     die_with_parent(parent)
-    signal.signal(signal.SIGTERM, _end_children_and_exit(os.getpid()))
+    signal.signal(signal.SIGTERM, _stop_children_and_exit(os.getpid(), quiet=True))

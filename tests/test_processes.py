@@ -33,12 +33,6 @@ def _stat(pid: int | str) -> tuple[str, int, bytes] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (an exited process nobody has reaped yet)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
 def _live() -> dict[int, tuple[int, bytes]]:
     """Every live process: its parent and command line."""
     table = {}

@@ -172,6 +172,42 @@ def test_one_seed_shows_the_ci_and_the_seed_baselines(cohort: dict[str, Path], t
     assert "| alexnet2d (seed recipe) | seed: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
 
 
+def test_a_row_with_fewer_seeds_runs_those_seeds_only(
+    cohort: dict[str, Path], two_seeds: dict[str, dict], tmp_path: Path
+) -> None:
+    """``NAME@1`` in a two-seed benchmark: one run for that row, the same run (numbers and job key) as the
+    first seed of the full row, marked in the table with its CI; the other row keeps both seeds."""
+    result = _run(cohort, tmp_path, jobs=1, seeds=2, rows=["cnn2d:seed@1", "cnn3d"])
+    assert [(run["row"], run["seed"]) for run in result["runs"][1:]] == [
+        ("cnn2d (seed recipe)", 42), ("cnn3d", 42), ("cnn3d", 43)
+    ]  # fmt: skip
+    _, once, every = result["rows"]
+    assert once["seeds"] == [42] and every["seeds"] == [42, 43]
+    assert once["cv_auc_oof_std"] is None and once["test_auc_ci95"] is not None
+    full = {(run["row"], run["seed"]): run for run in two_seeds["serial"]["runs"][1:]}
+    for run in result["runs"][1:]:
+        same = full[(run["row"], run["seed"])]
+        assert run["job_key"] == same["job_key"]
+        assert run["cv_auc_oof"] == same["cv_auc_oof"] and run["test_auc"] == same["test_auc"]
+    table = (tmp_path / "benchmark.md").read_text()
+    low, high = once["test_auc_ci95"]
+    assert "| cnn2d (seed recipe) (seed 42 only) | seed: lr 0.0001 constant" in table
+    assert f"| {once['test_auc_mean']:.3f} [{low:.3f}, {high:.3f}] |" in table
+    assert "| cnn3d | train_3d" in table and "(mean ± std over seeds, min)" in table
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cnn2d", benchmark.RowSpec("cnn2d", "params")),
+        ("cnn2d@2", benchmark.RowSpec("cnn2d", "params", 2)),
+        ("lenet3d:seed@1", benchmark.RowSpec("lenet3d", "seed", 1)),
+    ],
+)
+def test_row_syntax(text: str, expected: benchmark.RowSpec) -> None:
+    assert benchmark.parse_row(text) == expected
+
+
 def test_resume_reuses_finished_runs_and_reruns_changed_ones(cohort: dict[str, Path], tmp_path: Path) -> None:
     first = _run(cohort, tmp_path, jobs=1, seeds=1, rows=["cnn3d"])
     assert first["complete"] is True and all("job_key" in run for run in first["runs"][1:])
@@ -306,6 +342,11 @@ def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None
         (["--seeds", "0"], SystemExit),
         (["--models", "cnn2d", "cnn2d:seed", "cnn2d"], SystemExit),
         (["--models", "nonet:seed"], ParamsError),
+        (["--models", "cnn2d", "cnn2d@1"], SystemExit),  # the same row twice
+        (["--models", "cnn2d@2"], SystemExit),  # more seeds than --seeds (1)
+        (["--models", "cnn2d@0"], ParamsError),
+        (["--models", "cnn2d@"], ParamsError),
+        (["--models", "cnn2d:seed@x"], ParamsError),
     ],
 )
 def test_benchmark_refuses_bad_options(cohort: dict[str, Path], args: list[str], error: type) -> None:
@@ -318,4 +359,4 @@ def test_help_documents_the_row_syntax(capsys: pytest.CaptureFixture[str]) -> No
         benchmark.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "NAME:seed" in text and "--seeds" in text
+    assert "NAME:seed" in text and "--seeds" in text and "@N" in text

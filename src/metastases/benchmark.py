@@ -15,10 +15,10 @@ Rows (``--models``, in the order given): ``NAME`` trains model NAME with the set
 it with the original study's optimiser settings instead ("seed recipe": Adam lr 1e-4 constant, batch 10,
 30 epochs for 2D / 20 for 3D, weight decay 0, noise 0, intensity shift 0, no rotation or scaling, no
 restarts; flips as params.yaml says). The default compares each baseline in both recipes with the default
-model of its kind: ``alexnet2d:seed alexnet2d cnn2d lenet3d:seed lenet3d cnn3d``. The first row is always
-a trivial reference: a logistic regression on per-sequence intensity histograms, cross-validated over the
-same folds and refitted on the whole training split for the held-out column; if it scores like the CNNs,
-the cohort is too easy to tell the models apart.
+model of its kind: ``alexnet2d:seed@1 alexnet2d@1 cnn2d lenet3d:seed lenet3d@1 cnn3d``. The first row is
+always a trivial reference: a logistic regression on per-sequence intensity histograms, cross-validated
+over the same folds and refitted on the whole training split for the held-out column; if it scores like
+the CNNs, the cohort is too easy to tell the models apart.
 
 Every CNN row is what the pipeline does: ``cross_validate`` trains one model per fold (K models, each on
 the other K-1 folds, with ``restarts``); their out-of-fold scores give the pooled CV AUC and the per-fold
@@ -26,11 +26,14 @@ AUCs; the mean of the fold models that learned (all K if none did) scores the te
 with a bootstrap CI). Nothing is trained twice. ``not learned`` counts fold models whose training loss
 never left chance, even after the restarts.
 
-``--seeds N`` repeats every CNN row for the training seeds ``seed, seed+1, ..., seed+N-1`` (``seed``
-from params.yaml; the split and the bootstrap seed stay fixed) and reports per row the mean ± std
-(ddof 1) over seeds of the out-of-fold AUC and of the held-out AUC, their minimum, the fold AUCs pooled
-over seeds, and the total count of fold models that never learned. The JSON holds the per-seed runs
-(``runs``) and the aggregated rows (``rows``); the markdown holds the aggregated table.
+``--seeds N`` repeats every CNN row for the training seeds ``seed, seed+1, ..., seed+N-1`` (``seed`` from
+params.yaml; the split and the bootstrap seed stay fixed) and reports per row the mean ± std (ddof 1)
+over seeds of the out-of-fold AUC and of the held-out AUC, their minimum, the fold AUCs pooled over
+seeds, and the total count of fold models that never learned. A row written ``NAME@N`` (or
+``NAME:seed@N``) runs for the first N of those seeds only and is marked so in the table: the default
+measures the slow seed baselines once (``alexnet2d:seed@1 alexnet2d@1``, ``lenet3d@1``), since they cost
+hours a seed on 2 cores. The JSON holds the per-seed runs (``runs``) and the aggregated rows (``rows``);
+the markdown holds the aggregated table.
 
 ``--epochs N`` uses N epochs for every CNN row, both recipes alike (a quick check); ``--jobs J`` runs J
 (model, seed) jobs at once, one process each (give each ``--threads 1`` on a 2-core machine); the
@@ -102,8 +105,10 @@ BENCHMARK_PATIENTS = 240
 BENCHMARK_COHORT_SEED = 11
 """The benchmark cohort: same generator as the demo cohort (60 patients, seed 7), another seed."""
 
-DEFAULT_ROWS = ("alexnet2d:seed", "alexnet2d", "cnn2d", "lenet3d:seed", "lenet3d", "cnn3d")
-"""``--models`` default: each baseline in the seed recipe and in params' recipe, then the default model."""
+DEFAULT_ROWS = ("alexnet2d:seed@1", "alexnet2d@1", "cnn2d", "lenet3d:seed", "lenet3d@1", "cnn3d")
+"""``--models`` default: each baseline in the seed recipe and in params' recipe, then the default model.
+The slow baselines cost hours a seed on 2 cores, so they are measured once (``@1``); the defaults and the
+cheap LeNet-3D seed recipe get every training seed."""
 
 SEED_SUFFIX = ":seed"
 
@@ -191,11 +196,14 @@ def build_benchmark_data(
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One CNN row of the table: a registered model and the recipe it trains with."""
+    """One CNN row of the table: a registered model, the recipe it trains with, and how many of the
+    training seeds it runs for."""
 
     model: str
     recipe: str
     """``params`` (params.yaml's ``train_<dim>``) or ``seed`` (the original study's settings)."""
+    seeds: int | None = None
+    """``@N``: only the first N training seeds (a slow row measured once); ``None``: every seed."""
 
     @property
     def name(self) -> str:
@@ -207,10 +215,14 @@ class RowSpec:
 
 
 def parse_row(text: str) -> RowSpec:
-    """``NAME`` or ``NAME:seed``; an unknown model name is a one-line params error."""
-    model, recipe = (text[: -len(SEED_SUFFIX)], "seed") if text.endswith(SEED_SUFFIX) else (text, "params")
+    """``NAME`` or ``NAME:seed``, either optionally followed by ``@N`` (the first N training seeds only);
+    an unknown model name or a bad ``N`` is a one-line params error."""
+    row, at, count = text.partition("@")
+    if at and not (count.isdigit() and int(count) >= 1):
+        raise ParamsError(f"--models {text}: @N needs a whole number of training seeds, at least 1")
+    model, recipe = (row[: -len(SEED_SUFFIX)], "seed") if row.endswith(SEED_SUFFIX) else (row, "params")
     model_dim(model)
-    return RowSpec(model, recipe)
+    return RowSpec(model, recipe, int(count) if at else None)
 
 
 def row_params(
@@ -570,6 +582,16 @@ def _recipe_cell(row: dict) -> str:
     return f"{source}: {schedule}, {settings['epochs']} ep"
 
 
+def _fewer_seeds(row_seeds: list[int], seeds: list[int]) -> str:
+    """`` (seed 42 only)`` for a CNN row run for fewer training seeds than the table; empty otherwise (and
+    for the reference, which has none)."""
+    if not row_seeds or len(row_seeds) == len(seeds):
+        return ""
+    if len(row_seeds) == 1:
+        return f" (seed {row_seeds[0]} only)"
+    return f" (seeds {row_seeds[0]}-{row_seeds[-1]} only)"
+
+
 def _localisation_cell(row: dict) -> str:
     test, oof = row.get("localisation_test_mean"), row.get("localisation_oof_mean")
     if test is None and oof is None:
@@ -605,7 +627,13 @@ def markdown_table(
         "evidence maps). Not learned: fold models whose training loss never left chance. CPU s: user + "
         "system, "
         "loader workers included, summed over seeds. The histogram reference is deterministic (one run; "
-        "refitted on the whole training split for the held-out column).",
+        "refitted on the whole training split for the held-out column)."
+        + (
+            ""
+            if len(seeds) == 1
+            else " A row marked with fewer seeds (`@N` in `--models`) shows those seeds only; with one seed, "
+            "its held-out AUC with the 95% bootstrap CI."
+        ),
         "",
         f"| model | recipe | input shape | CV AUC out-of-fold{over} | fold AUC mean ± std "
         f"| held-out AUC {held_out_header} | localisation | models not learned | CPU s | wall s |",
@@ -622,7 +650,7 @@ def markdown_table(
         not_learned = "-" if reference else f"{row['not_learned']}/{row['fold_models']}"
         shape = "[" + ",".join(str(n) for n in row["input_shape"]) + "]"
         lines.append(
-            f"| {row['row']} | {_recipe_cell(row)} | {shape} | "
+            f"| {row['row']}{_fewer_seeds(row['seeds'], seeds)} | {_recipe_cell(row)} | {shape} | "
             f"{_spread(row['cv_auc_oof_mean'], row['cv_auc_oof_std'], row['cv_auc_oof_min'])} | "
             f"{row['fold_auc_mean']:.3f}{fold_std} | {held_out} | {_localisation_cell(row)} | "
             f"{not_learned} | {row['cpu_seconds']} | {row['wall_seconds']} |"
@@ -680,7 +708,8 @@ def main(argv: list[str] | None = None) -> None:
         default=list(DEFAULT_ROWS),
         help="CNN rows in table order: NAME (params.yaml's train_<dim> recipe, model swapped) or "
         "NAME:seed (the original study's recipe: Adam lr 1e-4 constant, batch 10, 30 epochs 2D / "
-        "20 epochs 3D, weight decay, noise and intensity shift 0) (default: %(default)s)",
+        "20 epochs 3D, weight decay, noise and intensity shift 0); either followed by @N trains that "
+        "row for the first N training seeds only (a slow row measured once: @1) (default: %(default)s)",
     )
     parser.add_argument(
         "--seeds",
@@ -722,8 +751,11 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
     specs = [parse_row(text) for text in args.models]  # an unknown name fails before hours of work
-    if len(set(specs)) < len(specs):
+    if len({spec.name for spec in specs}) < len(specs):
         parser.error(f"--models names a row twice: {' '.join(args.models)}")
+    for text, spec in zip(args.models, specs, strict=True):
+        if spec.seeds is not None and spec.seeds > args.seeds:
+            parser.error(f"--models {text}: {spec.seeds} seeds asked but --seeds is {args.seeds}")
     seed = shared_seed(args.params)
     base = train_sections(args.params)
     evaluate = section(EvaluateParams, "evaluate", args.params)
@@ -759,20 +791,24 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [seed + i for i in range(args.seeds)]
     reference = histogram_reference(cohorts["3d"], evaluate, seed)
     lesions = read_lesions(args.build / "raw" if args.build is not None else args.raw_dir)
-    jobs = [
-        Job(
-            cohort=cohorts[spec.dim],
-            params=row_params(spec, base, epochs=args.epochs, threads=args.threads),
-            spec=spec,
-            seed=training_seed,
-            evaluate=evaluate,
-            bootstrap_seed=seed,
-            verbose=args.verbose,
-            lesions=lesions,
-        )
-        for spec in specs
-        for training_seed in seeds
-    ]
+    jobs: list[Job] = []
+    row_jobs: list[range] = []  # the jobs of each row, in seed order
+    for spec in specs:
+        start = len(jobs)
+        jobs += [
+            Job(
+                cohort=cohorts[spec.dim],
+                params=row_params(spec, base, epochs=args.epochs, threads=args.threads),
+                spec=spec,
+                seed=training_seed,
+                evaluate=evaluate,
+                bootstrap_seed=seed,
+                verbose=args.verbose,
+                lesions=lesions,
+            )
+            for training_seed in seeds[: spec.seeds]
+        ]
+        row_jobs.append(range(start, len(jobs)))
     data_id = data_identity(args.splits, args.data_2d, args.data_3d)
     keys = [job_key(job, data_id) for job in jobs]
     saved = runs_from(args.runs_from) | (previous_runs(args.json) if args.resume else {})
@@ -792,8 +828,7 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> str:
         """Write the table of every row whose runs are all done (all rows at the end)."""
         rows = [_reference_row(reference)]
-        for index in range(len(specs)):
-            indices = range(index * len(seeds), (index + 1) * len(seeds))
+        for indices in row_jobs:
             if all(i in done for i in indices):
                 rows.append(aggregate([done[i] for i in indices]))
         complete = len(done) == len(jobs)

@@ -59,9 +59,9 @@ pull: install
 	$(BIN)/python -m metastases.remote pull $(if $(REMOTE),--remote $(REMOTE))
 
 # Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built
-# from scratch under data/benchmark/, 3 training seeds; the table lands in data/benchmark/benchmark.md (several hours
-# on 2 cores: see docs/benchmark.md). The table is rewritten after every run, and a rerun resumes: runs with the
-# same settings, data and code are kept.
+# from scratch under data/benchmark/, 3 training seeds (the slow baselines once); the table lands in
+# data/benchmark/benchmark.md (several hours on 2 cores: see docs/benchmark.md). The table is rewritten
+# after every run, and a rerun resumes: runs with the same settings, data and code are kept.
 benchmark: install
 	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1 --resume
 

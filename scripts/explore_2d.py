@@ -10,7 +10,7 @@ position in the stack, -1 at the bottom to 1 at the top, as a fourth input chann
 ``metastases.training.loop.fit``, the function cross-validation trains with, with the seed of the fold's
 first attempt. No restarts: a variant is judged as it trains once. Prints one JSON line per training
 seed: out-of-fold AUC, fold AUCs, last-epoch training losses, seconds. Writes nothing. The test split is
-never read.
+never used.
 """
 
 from __future__ import annotations
@@ -72,7 +72,12 @@ def parse_setting(text: str, base: TrainParams) -> tuple[str, Any]:
     if not hasattr(base, key):
         raise SystemExit(f"error: --set {text}: train_2d has no setting {key!r}")
     current = getattr(base, key)
-    return key, (value.lower() in ("1", "true")) if isinstance(current, bool) else type(current)(value)
+    if isinstance(current, bool):
+        return key, value.lower() in ("1", "true")
+    try:
+        return key, type(current)(value)
+    except ValueError:
+        raise SystemExit(f"error: --set {text}: not a valid {type(current).__name__}") from None
 
 
 def main() -> None:

@@ -65,8 +65,15 @@ def test_a_variant_trains_another_model(cohort: dict[str, Path]) -> None:
     assert variant["train_loss"] != default["train_loss"]
 
 
-def test_an_unknown_setting_is_one_line(cohort: dict[str, Path]) -> None:
-    command = [sys.executable, str(SCRIPT), "--params", str(cohort["params"]), "--set", "nonsense=1"]
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("nonsense=1", "error: --set nonsense=1: train_2d has no setting 'nonsense'"),
+        ("epochs=many", "error: --set epochs=many: not a valid int"),
+    ],
+)
+def test_a_bad_setting_is_one_line(cohort: dict[str, Path], setting: str, message: str) -> None:
+    command = [sys.executable, str(SCRIPT), "--params", str(cohort["params"]), "--set", setting]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert done.stderr.strip() == "error: --set nonsense=1: train_2d has no setting 'nonsense'"
+    assert done.stderr.strip() == message

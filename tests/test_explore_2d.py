@@ -45,19 +45,24 @@ def _explore(cohort: dict[str, Path], *options: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_no_options_reproduce_cross_validation(cohort: dict[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def default(cohort: dict[str, Path]) -> dict:
+    """The script with no options (run once for the module)."""
+    return _explore(cohort)
+
+
+def test_no_options_reproduce_cross_validation(cohort: dict[str, Path], default: dict) -> None:
     params = section(TrainParams, "train_2d", cohort["params"])
     configure_torch(True, 1, torch.device("cpu"))
     cv = cross_validate(load_cohort(cohort["2d"], cohort["splits"], "2d"), params, 42, torch.device("cpu"))
     oof = cv.out_of_fold
-    explored = _explore(cohort)
+    explored = default
     assert explored["fold_auc"] == [round(fold.auc, 3) for fold in cv.folds]
     assert explored["train_loss"] == [round(fold.epochs[-1].train_loss, 3) for fold in cv.folds]
     assert explored["oof_auc"] == round(float(roc_auc_score(oof["label"], oof["score"])), 3)
 
 
-def test_a_variant_trains_another_model(cohort: dict[str, Path]) -> None:
-    default = _explore(cohort)
+def test_a_variant_trains_another_model(cohort: dict[str, Path], default: dict) -> None:
     options = ["--channels", "4", "8", "--strides", "2", "2", "--position", "--set", "lr=0.01"]
     variant = _explore(cohort, *options)
     assert variant["settings"] == {"lr": 0.01} and variant["position"] is True

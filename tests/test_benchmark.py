@@ -3,18 +3,28 @@ test split, the aggregate over training seeds, and the same numbers with --jobs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
 from metastases import benchmark
+from metastases.benchmark_folds import RESULT_FIELDS
 from metastases.errors import ParamsError
-from metastases.params import Train3DParams, TrainParams
+from metastases.params import Train3DParams, TrainParams, train_sections
+from metastases.training.cohort import load_cohort
+from metastases.training.crossval import FoldResult, cross_validate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
@@ -360,3 +370,68 @@ def test_help_documents_the_row_syntax(capsys: pytest.CaptureFixture[str]) -> No
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "NAME:seed" in text and "--seeds" in text and "@N" in text
+
+
+def _argv(cohort: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--params", str(cohort["params"]),
+        "--data-2d", str(cohort["2d"]), "--data-3d", str(cohort["3d"]), "--splits", str(cohort["splits"]),
+        "--threads", "1", "--out", str(out / "benchmark.md"), "--json", str(out / "benchmark.json"), *extra,
+    ]  # fmt: skip
+
+
+def _numbers(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k not in (*TIMING, "job_key")}
+
+
+def test_a_run_is_what_cross_validation_trains(cohort: dict[str, Path], two_seeds: dict[str, dict]) -> None:
+    """The benchmark trains each fold model as a task of its own: the same fold models, to the last digit,
+    as the pipeline's cross_validate (so runs saved by either are the same runs)."""
+    run = next(r for r in two_seeds["serial"]["runs"] if r.get("row") == "cnn3d" and r["seed"] == 42)
+    params = benchmark.row_params(
+        benchmark.parse_row("cnn3d"), train_sections(cohort["params"]), epochs=1, threads=1
+    )
+    cv = cross_validate(load_cohort(cohort["3d"], cohort["splits"], "3d"), params, 42, torch.device("cpu"))
+    assert [f["auc"] for f in run["folds"]] == [f.auc for f in cv.folds]
+    assert [f["train_loss"] for f in run["folds"]] == [f.train_loss for f in cv.folds]
+    assert [f["init_seed"] for f in run["folds"]] == [f.seed for f in cv.folds]
+    assert run["cv_auc_oof"] == roc_auc_score(cv.out_of_fold["label"], cv.out_of_fold["score"])
+
+
+def test_fold_files_keep_every_field_of_a_fold_result() -> None:
+    fields = {field.name for field in dataclasses.fields(FoldResult)}
+    assert fields == {*RESULT_FIELDS, "epochs", "model"}
+
+
+def test_an_interrupted_benchmark_resumes_from_its_saved_fold_models(
+    cohort: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed (SIGKILL) after its first fold model: --resume trains only the others, and the run is the
+    uninterrupted run's, number for number; the fold files go once the run is saved."""
+    rows = ("--models", "cnn3d", "--epochs", "8", "--seeds", "1", "--jobs", "1")
+    benchmark.main(_argv(cohort, tmp_path / "whole", *rows))
+    whole = json.loads((tmp_path / "whole/benchmark.json").read_text())
+    assert not (tmp_path / "whole/benchmark-folds").exists()
+
+    out = tmp_path / "cut"
+    command = [sys.executable, "-m", "metastases.benchmark", *_argv(cohort, out, *rows)]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "benchmark-folds").glob("*-fold0.pt")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no fold model saved within 2 minutes"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "benchmark.json").exists(), "the run finished before it could be interrupted"
+    (saved,) = (out / "benchmark-folds").glob("*-fold0.pt")
+    # a damaged fold file is one warning and is trained again, not a traceback
+    damaged = saved.with_name(saved.name.replace("-fold0", "-fold1"))
+    damaged.write_bytes(b"not a model")
+    with caplog.at_level(logging.INFO):
+        benchmark.main(_argv(cohort, out, *rows, "--resume"))
+    assert "1 fold models taken from" in caplog.text and "2 to train" in caplog.text
+    assert "not a readable fold model" in caplog.text
+    resumed = json.loads((out / "benchmark.json").read_text())
+    assert _numbers(resumed["runs"][1]) == _numbers(whole["runs"][1])
+    assert resumed["runs"][1]["job_key"] == whole["runs"][1]["job_key"]
+    assert not (out / "benchmark-folds").exists()

@@ -47,12 +47,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
-import resource
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +61,7 @@ from sklearn.preprocessing import StandardScaler
 
 from metastases.arrays import build_arrays, load_geometry, read_manifest
 from metastases.atomic import write_csv, write_json, write_text
+from metastases.benchmark_folds import FoldTask, TrainedFold, cpu_seconds, fold_tasks, load_fold, run_folds
 from metastases.cli import configure_logging, run_stage
 from metastases.demo_cohort.cohort import build_cohort
 from metastases.errors import ParamsError
@@ -87,13 +83,11 @@ from metastases.params import (
     train_sections,
     volume_section,
 )
-from metastases.processes import guard_worker
 from metastases.splits import make_splits
 from metastases.training.checkpoint import Ensemble, FoldModel
 from metastases.training.cohort import Cohort, load_cohort
-from metastases.training.crossval import cross_validate
 from metastases.training.dataset import PatientArrays
-from metastases.training.loop import make_loader, predict
+from metastases.training.loop import Timing, make_loader, predict
 from metastases.training.runtime import configure_torch, resolve_device
 
 log = logging.getLogger(__name__)
@@ -246,13 +240,6 @@ def row_params(
     return params
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (the loader workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def histogram_features(cohort: Cohort, patients: pd.DataFrame) -> np.ndarray:
     """Per-sequence intensity histograms of the stored arrays, ``[patients, 3 * 32]``."""
     rows = []
@@ -274,7 +261,7 @@ def histogram_reference(cohort: Cohort, evaluate: EvaluateParams, seed: int) -> 
 
     Deterministic (no training seed): it runs once whatever ``--seeds`` says.
     """
-    started, cpu = time.perf_counter(), _cpu_seconds()
+    started, cpu = time.perf_counter(), cpu_seconds()
     train = cohort.part("train")
     features = histogram_features(cohort, train)
     folds = cohort.splits.set_index("patient").loc[train["patient"], "fold"].to_numpy()
@@ -305,59 +292,72 @@ def histogram_reference(cohort: Cohort, evaluate: EvaluateParams, seed: int) -> 
         "not_learned": 0,
         "ensemble_size": None,
         **_held_out(test["label"].to_numpy(), scores, evaluate, seed),
-        "cpu_seconds": round(_cpu_seconds() - cpu, 1),
+        "cpu_seconds": round(cpu_seconds() - cpu, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def benchmark_model(
-    cohort: Cohort, params: TrainParams, *, seed: int, evaluate: EvaluateParams, bootstrap_seed: int,
-    row: str = "", recipe: str = "params", lesions: pd.DataFrame | None = None,
-) -> dict:  # fmt: skip
-    """Cross-validate one CNN (the K fold models) and score the test split with their ensemble.
+@dataclass(frozen=True)
+class Job:
+    """One (row, training seed) of the table: its K fold models train as tasks of ``--jobs``
+    (:mod:`metastases.benchmark_folds`), then :func:`score_run` scores them in the benchmark's process."""
 
-    Args:
-        cohort: arrays and split of the model's layout.
-        params: the row's training params (model, recipe, epochs).
-        seed: the training seed handed to ``cross_validate``.
-        evaluate: bootstrap resamples and CI level of the held-out AUC.
-        bootstrap_seed: seed of the bootstrap (the same for every row and training seed).
-        row: the row's name in the table (default: the model name).
-        recipe: ``params`` or ``seed``, recorded in the row.
-        lesions: lesion truth of the cohort; with it, models with evidence maps get the pointing game
-            (``localisation_test``: the ensemble on the test split; ``localisation_oof``: each training
-            patient by the fold model that left it out).
+    cohort: Cohort
+    params: TrainParams
+    spec: RowSpec
+    seed: int
+    evaluate: EvaluateParams
+    bootstrap_seed: int
+    verbose: bool = False
+    lesions: pd.DataFrame | None = None
+
+
+def score_run(job: Job, trained: list[TrainedFold]) -> dict:
+    """One benchmark run from its K trained fold models: cross-validation from their out-of-fold scores,
+    the held-out AUC of the mean of those that learned on the test split, the pointing game where the
+    model has evidence maps, and the cost (the fold trainings' CPU and wall seconds plus this scoring).
+
+    The fold models are what ``cross_validate`` trains (:mod:`metastases.benchmark_folds`); the row is
+    ``job.spec``'s, recorded with its recipe and settings.
     """
-    started, cpu = time.perf_counter(), _cpu_seconds()
+    started, cpu = time.perf_counter(), cpu_seconds()
+    params, cohort, seed = job.params, job.cohort, job.seed
     device = resolve_device(params.device)
     configure_torch(params.deterministic, params.threads, device)
-    cv = cross_validate(cohort, params, seed, device)
+    folds = [t.result for t in sorted(trained, key=lambda t: t.result.fold)]
+    timing = Timing()
+    for fold in trained:
+        timing.add(fold.timing)
+    out_of_fold = pd.concat(
+        [t.scored for t in sorted(trained, key=lambda t: t.result.fold)], ignore_index=True
+    )
     test = cohort.part("test")
     shape = cohort.sample_shape(test)
     loader = make_loader(PatientArrays(cohort.array_dir, test), params.batch_size, False, seed, 0, device)
-    fold_scores = {f.fold: predict(f.model.to(device), loader, device)[0] for f in cv.folds}
+    fold_scores = {f.fold: predict(f.model.to(device), loader, device)[0] for f in folds}
     ensemble = Ensemble(
         model_name=params.model,
         dim=params.dim,
         input_shape=shape,
-        folds=[FoldModel(f.fold, f.model, f.learned, f.train_patients, f.val_patients) for f in cv.folds],
-        out_of_fold=cv.out_of_fold,
+        folds=[FoldModel(f.fold, f.model, f.learned, f.train_patients, f.val_patients) for f in folds],
+        out_of_fold=out_of_fold,
         meta={},
     )
     members = [member.fold for member in ensemble.members]
     scores = np.mean([fold_scores[fold] for fold in members], axis=0)
     labels = test["label"].to_numpy()
-    fold_aucs = [f.auc for f in cv.folds]
-    localisation = _localisation(ensemble, cohort, test, lesions, params, device)
+    fold_aucs = [f.auc for f in folds]
+    localisation = _localisation(ensemble, cohort, test, job.lesions, params, device)
+    learned = [f for f in folds if f.learned]
     return {
-        "row": row or params.model,
+        "row": job.spec.name,
         "model": params.model,
-        "recipe": recipe,
+        "recipe": job.spec.recipe,
         "dim": params.dim,
         "input_shape": list(shape),
         "seed": seed,
         "settings": {key: getattr(params, key) for key in RECORDED_SETTINGS},
-        "cv_auc_oof": auc(cv.out_of_fold["label"], cv.out_of_fold["score"]),
+        "cv_auc_oof": auc(out_of_fold["label"], out_of_fold["score"]),
         "fold_aucs": fold_aucs,
         "fold_auc_mean": float(np.mean(fold_aucs)),
         "fold_auc_std": float(np.std(fold_aucs, ddof=1)),
@@ -371,13 +371,13 @@ def benchmark_model(
                 "train_loss": f.train_loss,
                 "init_seed": f.seed,
             }
-            for f in cv.folds
+            for f in folds
         ],
-        "fold_models": len(cv.folds),
-        "not_learned": len(cv.folds) - len(cv.learned_folds),
+        "fold_models": len(folds),
+        "not_learned": len(folds) - len(learned),
         "ensemble_size": len(members),
         "ensemble_folds": members,
-        **_held_out(labels, scores, evaluate, bootstrap_seed),
+        **_held_out(labels, scores, job.evaluate, job.bootstrap_seed),
         "test_predictions": {
             "patient": [str(p) for p in test["patient"]],
             "label": [int(y) for y in labels],
@@ -385,9 +385,9 @@ def benchmark_model(
             "fold_scores": {str(fold): [float(s) for s in fold_scores[fold]] for fold in fold_scores},
         },
         **localisation,
-        "cpu_seconds": round(_cpu_seconds() - cpu, 1),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "data_wait_share": round(cv.timing.data_wait_share, 3),
+        "cpu_seconds": round(sum(t.cpu_seconds for t in trained) + cpu_seconds() - cpu, 1),
+        "wall_seconds": round(sum(t.wall_seconds for t in trained) + time.perf_counter() - started, 1),
+        "data_wait_share": round(timing.data_wait_share, 3),
     }
 
 
@@ -414,67 +414,6 @@ def _localisation(
     test_game = pointing_game(held_out, labels, geometry, lesions)
     oof_game = pointing_game(out_of_fold, labels, geometry, lesions)
     return {"localisation_test": test_game.localisation, "localisation_oof": oof_game.localisation}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One (row, training seed) of the table, run in this process or a worker of ``--jobs``."""
-
-    cohort: Cohort
-    params: TrainParams
-    spec: RowSpec
-    seed: int
-    evaluate: EvaluateParams
-    bootstrap_seed: int
-    verbose: bool = False
-    lesions: pd.DataFrame | None = None
-
-
-def _benchmark_job(job: Job) -> dict:
-    """:func:`benchmark_model` for one job (also in a worker process of ``--jobs``)."""
-    configure_logging(job.verbose)
-    if multiprocessing.get_start_method() == "spawn" and "fork" in multiprocessing.get_all_start_methods():
-        # a spawned process spawns its loader workers too, re-importing torch every epoch; forking
-        # them, as a single-process run does, keeps the timings of --jobs and serial runs comparable
-        multiprocessing.set_start_method("fork", force=True)
-    row = benchmark_model(
-        job.cohort, job.params, seed=job.seed, evaluate=job.evaluate, bootstrap_seed=job.bootstrap_seed,
-        row=job.spec.name, recipe=job.spec.recipe, lesions=job.lesions,
-    )  # fmt: skip
-    log.info(
-        "%s seed %d: out-of-fold AUC %.3f, held-out AUC %.3f, not learned %d/%d",
-        row["row"], job.seed, row["cv_auc_oof"], row["test_auc"], row["not_learned"], row["fold_models"],
-    )  # fmt: skip
-    return row
-
-
-def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Benchmark runs in the order of ``jobs``, ``workers`` jobs at a time (1: in this process).
-
-    ``on_done(index, run)`` is called as each job finishes (in finishing order), so that a long
-    benchmark can save what it has before the next job starts.
-    """
-    runs: dict[int, dict] = {}
-
-    def finished(index: int, run: dict) -> None:
-        runs[index] = run
-        if on_done is not None:
-            on_done(index, run)
-
-    if workers == 1 or len(jobs) <= 1:
-        for index, job in enumerate(jobs):
-            finished(index, _benchmark_job(job))
-    else:
-        # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=context, initializer=guard_worker,
-            initargs=(os.getpid(),),
-        ) as pool:  # fmt: skip
-            futures = {pool.submit(_benchmark_job, job): index for index, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                finished(futures[future], future.result())
-    return [runs[index] for index in range(len(jobs))]
 
 
 SPEED_ONLY = ("threads", "num_workers", "parallel_folds", "nproc", "device")
@@ -846,11 +785,53 @@ def main(argv: list[str] | None = None) -> None:
         write_text(args.out, table)
         return table
 
-    def on_done(position: int, run: dict) -> None:
-        done[todo[position]] = run
-        save()
+    fold_dir = args.json.with_name(f"{args.json.stem}-folds")
+    trained: dict[int, dict[int, TrainedFold]] = {index: {} for index in todo}
+    fold_files: dict[int, list[Path]] = {}
+    tasks: list[FoldTask] = []
+    for index in todo:
+        job = jobs[index]
+        run_tasks = fold_tasks(
+            job.cohort,
+            job.params,
+            seed=job.seed,
+            run=index,
+            files=fold_dir / keys[index],
+            verbose=args.verbose,
+        )
+        fold_files[index] = [task.path for task in run_tasks]
+        for task in run_tasks:
+            saved_fold = load_fold(task) if args.resume else None
+            if saved_fold is None:
+                tasks.append(task)
+            else:
+                trained[index][task.job.fold] = saved_fold
+    reused = sum(len(folds) for folds in trained.values())
+    if reused:
+        log.info("%d fold models taken from %s, %d to train", reused, fold_dir, len(tasks))
 
-    run_jobs([jobs[index] for index in todo], args.jobs, on_done)
+    def fold_done(task: FoldTask, fold: TrainedFold) -> None:
+        trained[task.run][task.job.fold] = fold
+        if len(trained[task.run]) == len(fold_files[task.run]):
+            finish(task.run)
+
+    def finish(index: int) -> None:
+        """Score a run whose fold models are all trained, save it, and drop its fold files."""
+        run = done[index] = score_run(jobs[index], list(trained.pop(index).values()))
+        save()
+        log.info(
+            "%s seed %d: out-of-fold AUC %.3f, held-out AUC %.3f, not learned %d/%d",
+            run["row"], run["seed"], run["cv_auc_oof"], run["test_auc"], run["not_learned"],
+            run["fold_models"],
+        )  # fmt: skip
+        for path in fold_files[index]:
+            path.unlink(missing_ok=True)
+        if fold_dir.is_dir() and not any(fold_dir.iterdir()):
+            fold_dir.rmdir()
+
+    for index in [i for i in todo if len(trained[i]) == len(fold_files[i])]:
+        finish(index)
+    run_folds(tasks, args.jobs, fold_done)
     table = save()
     log.info("benchmark table written to %s\n%s", args.out, table)
 

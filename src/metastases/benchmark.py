@@ -35,9 +35,11 @@ measures the slow seed baselines once (``alexnet2d:seed@1 alexnet2d@1``, ``lenet
 hours a seed on 2 cores. The JSON holds the per-seed runs (``runs``) and the aggregated rows (``rows``);
 the markdown holds the aggregated table.
 
-``--epochs N`` uses N epochs for every CNN row, both recipes alike (a quick check); ``--jobs J`` runs J
-(model, seed) jobs at once, one process each (give each ``--threads 1`` on a 2-core machine); the
-numbers are those of a serial run.
+``--epochs N`` uses N epochs for every CNN row, both recipes alike (a quick check); ``--jobs J`` trains J
+fold models at once, one process each, whatever rows they belong to (give each ``--threads 1`` on a
+2-core machine); the numbers are those of a serial run. Every fold model is saved as it finishes
+(``<json stem>-folds/``), and the table and JSON are rewritten after every (row, seed) run, so
+``--resume`` after an interruption retrains only the fold models that were training.
 """
 
 from __future__ import annotations
@@ -664,15 +666,16 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, help="torch intra-op threads for every CNN (default: from params)"
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="(row, seed) runs at once, one process each (default: 1)"
+        "--jobs", type=int, default=1, help="fold models trained at once, one process each (default: 1)"
     )
     parser.add_argument("--out", type=Path, help="markdown table (default: reports/benchmark.md)")
     parser.add_argument("--json", type=Path, help="runs and rows as JSON (default: reports/benchmark.json)")
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="reuse the runs saved in --json by an earlier, possibly interrupted, benchmark when their "
-        "row, seed, settings and data are the same (the table and JSON are rewritten after every run)",
+        help="reuse the runs saved in --json by an earlier, possibly interrupted, benchmark, and the fold "
+        "models it saved beside it, when their row, seed, settings, data and code are the same (the table "
+        "and JSON are rewritten after every run, each fold model is saved as it finishes)",
     )
     parser.add_argument(
         "--runs-from",

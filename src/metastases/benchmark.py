@@ -310,7 +310,6 @@ class Job:
     seed: int
     evaluate: EvaluateParams
     bootstrap_seed: int
-    verbose: bool = False
     lesions: pd.DataFrame | None = None
 
 
@@ -326,13 +325,12 @@ def score_run(job: Job, trained: list[TrainedFold]) -> dict:
     params, cohort, seed = job.params, job.cohort, job.seed
     device = resolve_device(params.device)
     configure_torch(params.deterministic, params.threads, device)
-    folds = [t.result for t in sorted(trained, key=lambda t: t.result.fold)]
+    trained = sorted(trained, key=lambda t: t.result.fold)
+    folds = [t.result for t in trained]
     timing = Timing()
     for fold in trained:
         timing.add(fold.timing)
-    out_of_fold = pd.concat(
-        [t.scored for t in sorted(trained, key=lambda t: t.result.fold)], ignore_index=True
-    )
+    out_of_fold = pd.concat([t.scored for t in trained], ignore_index=True)
     test = cohort.part("test")
     shape = cohort.sample_shape(test)
     loader = make_loader(PatientArrays(cohort.array_dir, test), params.batch_size, False, seed, 0, device)
@@ -745,7 +743,6 @@ def main(argv: list[str] | None = None) -> None:
                 seed=training_seed,
                 evaluate=evaluate,
                 bootstrap_seed=seed,
-                verbose=args.verbose,
                 lesions=lesions,
             )
             for training_seed in seeds[: spec.seeds]
@@ -829,12 +826,12 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         for path in fold_files[index]:
             path.unlink(missing_ok=True)
-        if fold_dir.is_dir() and not any(fold_dir.iterdir()):
-            fold_dir.rmdir()
 
     for index in [i for i in todo if len(trained[i]) == len(fold_files[i])]:
         finish(index)
     run_folds(tasks, args.jobs, fold_done)
+    if fold_dir.is_dir() and not any(fold_dir.iterdir()):  # only now: no fold process is writing there
+        fold_dir.rmdir()
     table = save()
     log.info("benchmark table written to %s\n%s", args.out, table)
 

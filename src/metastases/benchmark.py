@@ -797,7 +797,6 @@ def main(argv: list[str] | None = None) -> None:
             seed=job.seed,
             run=index,
             files=fold_dir / keys[index],
-            verbose=args.verbose,
         )
         fold_files[index] = [task.path for task in run_tasks]
         for task in run_tasks:

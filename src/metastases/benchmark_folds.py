@@ -30,14 +30,13 @@ import pandas as pd
 import torch
 
 from metastases.atomic import atomic_path
-from metastases.cli import configure_logging
 from metastases.models import build_model
 from metastases.params import TrainParams
 from metastases.processes import guard_worker
 from metastases.training.cohort import Cohort
-from metastases.training.crossval import FoldJob, FoldResult, check_folds, train_fold
+from metastases.training.crossval import FoldJob, FoldResult, _init_fold_worker, check_folds, train_fold
 from metastases.training.loop import EpochRecord, Timing
-from metastases.training.runtime import configure_torch, resolve_device
+from metastases.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ class FoldTask:
     """Index of the run (row, training seed) in the benchmark's job list."""
     job: FoldJob
     path: Path
-    verbose: bool = False
 
 
 @dataclass
@@ -90,9 +88,7 @@ class TrainedFold:
     wall_seconds: float
 
 
-def fold_tasks(
-    cohort: Cohort, params: TrainParams, *, seed: int, run: int, files: Path, verbose: bool
-) -> list[FoldTask]:
+def fold_tasks(cohort: Cohort, params: TrainParams, *, seed: int, run: int, files: Path) -> list[FoldTask]:
     """The K fold tasks of one run, after the same checks as cross-validation (both classes in every fold).
 
     Args:
@@ -101,7 +97,6 @@ def fold_tasks(
         seed: the training seed; each fold and attempt derives its own from it, as in cross-validation.
         run: index of the run, handed back with each finished fold.
         files: fold ``k``'s model is saved as ``files`` + ``-fold<k>.pt``.
-        verbose: debug logging in the fold processes.
     """
     check_folds(cohort)
     shape = cohort.sample_shape(cohort.part("train"))
@@ -111,24 +106,15 @@ def fold_tasks(
             run,
             FoldJob(cohort, fold, params, params.epochs, seed, device, shape),
             files.with_name(f"{files.name}-fold{fold}.pt"),
-            verbose,
         )
         for fold in cohort.folds
     ]
 
 
-def _prepare_process(params: TrainParams, device: str, verbose: bool) -> None:
-    """What a cross-validation fold process sets up: logging, threads, determinism, forked loader workers
-    (a spawned process would otherwise spawn them too, re-importing torch every epoch)."""
-    configure_logging(verbose)
-    configure_torch(params.deterministic, params.threads, torch.device(device))
-    if "fork" in multiprocessing.get_all_start_methods():
-        multiprocessing.set_start_method("fork", force=True)
-
-
 def train_fold_task(task: FoldTask) -> TrainedFold:
     """Train one fold model (in this process), save it to ``task.path`` and return it."""
-    _prepare_process(task.job.params, task.job.device, task.verbose)
+    # what a cross-validation fold process sets up: logging, threads, determinism, forked loader workers
+    _init_fold_worker(task.job.params.threads, task.job.params.deterministic, task.job.device)
     started, cpu = time.perf_counter(), cpu_seconds()
     result, scored, timing = train_fold(task.job)
     trained = TrainedFold(result, scored, timing, cpu_seconds() - cpu, time.perf_counter() - started)
@@ -144,9 +130,7 @@ def save_fold(path: Path, trained: TrainedFold) -> None:
         "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
         "result": {name: getattr(result, name) for name in RESULT_FIELDS},
         "epochs": [list(dataclasses.astuple(record)) for record in result.epochs],
-        "scored": {
-            column: trained.scored[column].tolist() for column in ("patient", "label", "score", "fold")
-        },
+        "scored": {column: trained.scored[column].tolist() for column in SCORED_COLUMNS},
         "timing": [trained.timing.data_wait_s, trained.timing.compute_s],
         "cpu_seconds": trained.cpu_seconds,
         "wall_seconds": trained.wall_seconds,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage, stage_parser
 from metastases.params import Train3DParams, TrainParams, section, shared_seed, volume_section
-from metastases.training.distributed import under_torchrun
+from metastases.processes import under_torchrun
 from metastases.training.workflow import TrainOutputs, launch_distributed, run_training
 
 

@@ -154,6 +154,23 @@ def _named_after(marker: Path, count: int) -> Callable[[int], list[int]]:
     return find
 
 
+def _train_2d(endless: dict[str, Path], where: Path, **train_2d: int) -> list[str]:
+    """The train-2d stage's command on the endless cohort, with ``train_2d`` params changed; writes
+    under ``where/out``."""
+    params = yaml.safe_load(endless["params"].read_text())
+    params["train_2d"].update(train_2d)
+    (where / "params.yaml").write_text(yaml.safe_dump(params))
+    out = where / "out"
+    return [
+        sys.executable, str(ROOT / "stages/train.py"), "--dim", "2d",
+        "--params", str(where / "params.yaml"),
+        "--data-dir", str(endless["2d"]), "--splits", str(endless["splits"]),
+        "--model-out", str(out / "2d.pt"), "--metrics", str(out / "train_2d.json"),
+        "--curves", str(out / "model_2d.csv"), "--png", str(out / "loss_2d.png"),
+        "--timing", str(out / "timing.json"),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("parallel_folds", "num_workers", "nproc"),
     [(2, 0, 1), (1, 1, 1), (1, 0, 2)],
@@ -162,18 +179,10 @@ def _named_after(marker: Path, count: int) -> Callable[[int], list[int]]:
 def test_a_terminated_training_stage_takes_its_workers_along(
     parallel_folds: int, num_workers: int, nproc: int, endless: dict[str, Path], tmp_path: Path
 ) -> None:
-    params = yaml.safe_load(endless["params"].read_text())
-    params["train_2d"].update(parallel_folds=parallel_folds, num_workers=num_workers, nproc=nproc)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = _train_2d(
+        endless, tmp_path, parallel_folds=parallel_folds, num_workers=num_workers, nproc=nproc
+    )
     out = tmp_path / "out"
-    command = [
-        sys.executable, str(ROOT / "stages/train.py"), "--dim", "2d",
-        "--params", str(tmp_path / "params.yaml"),
-        "--data-dir", str(endless["2d"]), "--splits", str(endless["splits"]),
-        "--model-out", str(out / "2d.pt"), "--metrics", str(out / "train_2d.json"),
-        "--curves", str(out / "model_2d.csv"), "--png", str(out / "loss_2d.png"),
-        "--timing", str(out / "timing.json"),
-    ]  # fmt: skip
     # torchrun: the launcher and its two ranks, whose command lines name the stage's arguments
     ready = _named_after(tmp_path, 3) if nproc > 1 else _at_least(max(parallel_folds, num_workers), _workers)
     survivors, status, stderr = _signal_and_watch(command, ready, signal.SIGTERM, tmp_path)
@@ -198,3 +207,14 @@ def test_a_killed_benchmark_takes_its_fold_processes_along(endless: dict[str, Pa
     # watch them reliably)
     survivors, _, _ = _signal_and_watch(command, _at_least(2, _workers), signal.SIGKILL, tmp_path)
     assert survivors == []
+
+
+def test_a_killed_training_stage_takes_its_fold_processes_along(
+    endless: dict[str, Path], tmp_path: Path
+) -> None:
+    # SIGKILL: the stage cannot stop anything itself; its fold processes end by the kernel's signal
+    command = _train_2d(endless, tmp_path, parallel_folds=2, num_workers=0, nproc=1)
+    survivors, status, _ = _signal_and_watch(command, _at_least(2, _workers), signal.SIGKILL, tmp_path)
+    assert status == -signal.SIGKILL
+    assert survivors == []
+    assert not (tmp_path / "out").exists()

@@ -430,12 +430,12 @@ def job_key(job: Job, data_id: str) -> str:
 
 def data_identity(splits: Path, *array_dirs: Path) -> str:
     """A short digest of the split table, every array file, and the code that trains and scores (the
-    package's ``models``, ``training`` and ``evaluation`` modules and ``params.py``): a resumed run must
-    have used the same data and the same code."""
+    package's ``models``, ``training`` and ``evaluation`` modules): a resumed run must have used the same
+    data and the same code. Not ``params.py``: every setting it holds that changes a run's numbers is in
+    the run's :func:`job_key` by value, so a new default of a speed-only setting keeps the saved runs."""
     package = Path(__file__).parent
     code = sorted(
-        [package / "params.py"]
-        + [path for part in ("models", "training", "evaluation") for path in (package / part).rglob("*.py")]
+        path for part in ("models", "training", "evaluation") for path in (package / part).rglob("*.py")
     )
     data = [path for directory in array_dirs for path in sorted(directory.rglob("*")) if path.is_file()]
     digest = hashlib.sha256()

@@ -34,7 +34,7 @@ from metastases.models import build_model
 from metastases.params import TrainParams
 from metastases.processes import guard_worker
 from metastases.training.cohort import Cohort
-from metastases.training.crossval import FoldJob, FoldResult, _init_fold_worker, check_folds, train_fold
+from metastases.training.crossval import FoldJob, FoldResult, check_folds, init_fold_worker, train_fold
 from metastases.training.loop import EpochRecord, Timing
 from metastases.training.runtime import resolve_device
 
@@ -114,7 +114,7 @@ def fold_tasks(cohort: Cohort, params: TrainParams, *, seed: int, run: int, file
 def train_fold_task(task: FoldTask) -> TrainedFold:
     """Train one fold model (in this process), save it to ``task.path`` and return it."""
     # what a cross-validation fold process sets up: logging, threads, determinism, forked loader workers
-    _init_fold_worker(task.job.params.threads, task.job.params.deterministic, task.job.device)
+    init_fold_worker(task.job.params.threads, task.job.params.deterministic, task.job.device)
     started, cpu = time.perf_counter(), cpu_seconds()
     result, scored, timing = train_fold(task.job)
     trained = TrainedFold(result, scored, timing, cpu_seconds() - cpu, time.perf_counter() - started)

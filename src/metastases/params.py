@@ -336,7 +336,7 @@ class TrainParams:
     num_workers: int | str = "auto"
     """DataLoader workers per training process, or ``auto``: 1 on the CPU, on CUDA up to 8 (the cores
     shared out over the training processes)."""
-    parallel_folds: int = 2
+    parallel_folds: int = 3
     nproc: int = 1
     """Processes that train each fold model together under torchrun (DistributedDataParallel): 1 is a
     plain process; N > 1 needs N GPUs on CUDA, or runs N gloo workers on the CPU."""

@@ -87,8 +87,9 @@ def _stop_children_and_exit(owner: int, *, quiet: bool) -> Callable[[int, FrameT
     return handler
 
 
-def _under_torchrun() -> bool:
-    """In a process that ``torchrun`` started: torchrun stops its ranks itself."""
+def under_torchrun() -> bool:
+    """True in a process that ``torchrun`` started (it sets ``LOCAL_RANK`` and ``WORLD_SIZE``); torchrun
+    stops its ranks itself."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
@@ -97,7 +98,7 @@ def children_end_with_me() -> Iterator[None]:
     """While inside, SIGTERM stops this process's children, then this process (exit status 143, one
     ``error:`` line). Does nothing outside the main thread (Python handles signals there only) and in
     a ``torchrun`` rank; the previous SIGTERM handler is restored on leaving."""
-    if threading.current_thread() is not threading.main_thread() or _under_torchrun():
+    if threading.current_thread() is not threading.main_thread() or under_torchrun():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _stop_children_and_exit(os.getpid(), quiet=False))

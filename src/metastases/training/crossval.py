@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ from torch import nn
 from metastases.cli import configure_logging
 from metastases.errors import UserError
 from metastases.params import TrainParams
+from metastases.processes import die_with_parent
 from metastases.training.cohort import Cohort, require_both_classes
 from metastases.training.distributed import current_group
 from metastases.training.loop import EpochRecord, Timing, fit
@@ -165,12 +168,21 @@ def train_fold(job: FoldJob) -> tuple[FoldResult, pd.DataFrame, Timing]:
     return result, validation.assign(score=scores, fold=fold), timing
 
 
-def _init_fold_worker(threads: int, deterministic: bool, device: str) -> None:
-    """A fold process: the stage's logging, thread count and determinism switch.
+def init_fold_worker(threads: int, deterministic: bool, device: str, *, parent: int | None = None) -> None:
+    """Set up a fold process: the stage's logging, thread count and determinism switch.
 
     Its DataLoader workers are forked, as in a single-process run: a spawned process would otherwise
-    spawn them too, re-importing torch for every epoch (seconds each).
+    spawn them too, re-importing torch for every epoch (seconds each). With ``parent``, the process ends
+    when the process that started it ends, even by SIGKILL (:func:`metastases.processes.die_with_parent`).
+
+    Args:
+        threads: torch intra-op threads.
+        deterministic: deterministic algorithms (``TrainParams.deterministic``).
+        device: where the fold trains.
+        parent: process id of the process creating the pool; ``None``: the caller guards it itself.
     """
+    if parent is not None:
+        die_with_parent(parent)
     configure_logging()
     configure_torch(deterministic, threads, torch.device(device))
     if "fork" in multiprocessing.get_all_start_methods():
@@ -209,9 +221,9 @@ def cross_validate(
         # spawn: a forked copy of a process that has already run torch can deadlock in its thread pools
         context = multiprocessing.get_context("spawn")
         init = (params.threads, params.deterministic, str(device))
-        pool = ProcessPoolExecutor(
-            processes, mp_context=context, initializer=_init_fold_worker, initargs=init
-        )
+        # a fold process ends with this one, even if this one is killed with SIGKILL
+        initializer = partial(init_fold_worker, parent=os.getpid())
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=initializer, initargs=init)
         try:
             with pool:
                 done = list(pool.map(train_fold, jobs))

@@ -43,11 +43,6 @@ TIMEOUT = timedelta(minutes=30)
 """How long a rank waits for the others at a collective before failing (a dead worker ends the run)."""
 
 
-def under_torchrun() -> bool:
-    """True in a worker that ``torchrun`` started (it sets ``LOCAL_RANK`` and ``WORLD_SIZE``)."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def check_nproc(nproc: int, device: torch.device, section: str) -> None:
     """Refuse more worker processes than GPUs on CUDA; on the CPU, more than the cores only warns."""
     if device.type == "cuda":

@@ -21,6 +21,7 @@ from metastases.atomic import write_csv, write_json
 from metastases.models import check_model
 from metastases.params import TrainParams, VolumeParams
 from metastases.plotting import plot_cv_loss
+from metastases.processes import under_torchrun
 from metastases.training.checkpoint import save_ensemble
 from metastases.training.cohort import Cohort, load_cohort
 from metastases.training.crossval import CrossValidation, check_folds, cross_validate
@@ -30,7 +31,6 @@ from metastases.training.distributed import (
     launch,
     start_group,
     stop_group,
-    under_torchrun,
     worker_device,
 )
 from metastases.training.runtime import configure_torch, resolve_device

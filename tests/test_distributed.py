@@ -110,8 +110,11 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
 ) -> None:
     """LeNet-3D has neither batch normalisation nor dropout: with the same batches and the loss scaled to
     the whole batch, the two processes' averaged gradient is the single process's up to the order of
-    float32 sums, so weights, losses and scores agree to 1e-5 (measured: about 1e-7), while training
-    moved every fold model's weights by far more than that from their initialisation."""
+    float32 sums, so losses and scores agree to 1e-5 and the weights to 1 % of how far training moved
+    them. Not closer for the weights: Adam divides each gradient by its own running size, so a weight
+    whose gradient is near zero steps by up to ``lr`` whichever way the last-bit noise points. Measured
+    (3 epochs, weights moved 0.012): at most 1e-7 apart on one AVX-512 machine, 3.5e-5 on another
+    (an AMD EPYC, 2026-12-02), where the training losses still agreed to 1e-5."""
     section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003}
     reference = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section), SEED,
                              _outputs(tmp_path / "one"))  # fmt: skip
@@ -132,7 +135,7 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
     assert scores == pytest.approx(one.out_of_fold.sort_values("patient")["score"].to_numpy(), abs=1e-5)
     for a, b in zip(one.folds, two.folds, strict=True):
         moved, apart = _moved_and_apart(a, b, shape)
-        assert moved > 1e-3 and apart < 1e-5, (a.fold, moved, apart)
+        assert moved > 1e-3 and apart < 0.01 * moved, (a.fold, moved, apart)
 
 
 @pytest.mark.slow

@@ -316,8 +316,11 @@ def test_a_partial_table_is_written_after_every_run(cohort: dict[str, Path], tmp
         _run(cohort, tmp_path, jobs=1, seeds=1, rows=["cnn3d", "cnn2d"])
     finally:
         benchmark.write_text = original  # type: ignore[assignment]
-    assert "Partial: 1 of 2" in seen[0] and "| cnn3d |" in seen[0] and "| cnn2d |" not in seen[0]
-    assert "Partial" not in seen[-1] and "| cnn2d |" in seen[-1]
+    # after every fold model: what an unfinished run has so far, under the table
+    assert "Partial: 0 of 2" in seen[0] and "cnn3d, seed 42: 1 of 3 fold models trained" in seen[0]
+    first_row = next(text for text in seen if "| cnn3d |" in text)
+    assert "Partial: 1 of 2" in first_row and "| cnn2d |" not in first_row
+    assert "Partial" not in seen[-1] and "| cnn2d |" in seen[-1] and "fold models trained" not in seen[-1]
 
 
 def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None:
@@ -417,12 +420,21 @@ def test_an_interrupted_benchmark_resumes_from_its_saved_fold_models(
     command = [sys.executable, "-m", "metastases.benchmark", *_argv(cohort, out, *rows)]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not list((out / "benchmark-folds").glob("*-fold0.pt")) and process.poll() is None:
+    while not (out / "benchmark.json").exists() and process.poll() is None:  # after the first fold model
         assert time.monotonic() < deadline, "no fold model saved within 2 minutes"
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (out / "benchmark.json").exists(), "the run finished before it could be interrupted"
+    cut = json.loads((out / "benchmark.json").read_text())
+    assert not cut["complete"] and len(cut["runs"]) == 1, "the run finished before it could be interrupted"
+    # the finished fold model of the unfinished run is reported, in the JSON and under the table
+    (unfinished,) = cut["unfinished"]
+    assert (unfinished["row"], unfinished["seed"], unfinished["fold_models"]) == ("cnn3d", 42, 3)
+    first = whole["runs"][1]["folds"][0]
+    assert [fold["fold"] for fold in unfinished["folds"]] == [0]
+    assert unfinished["folds"][0]["auc"] == first["auc"]
+    assert unfinished["folds"][0]["train_loss"] == first["train_loss"]
+    assert "cnn3d, seed 42: 1 of 3 fold models trained" in (out / "benchmark.md").read_text()
     (saved,) = (out / "benchmark-folds").glob("*-fold0.pt")
     # a damaged fold file is one warning and is trained again, not a traceback
     damaged = saved.with_name(saved.name.replace("-fold0", "-fold1"))
@@ -434,4 +446,5 @@ def test_an_interrupted_benchmark_resumes_from_its_saved_fold_models(
     resumed = json.loads((out / "benchmark.json").read_text())
     assert _numbers(resumed["runs"][1]) == _numbers(whole["runs"][1])
     assert resumed["runs"][1]["job_key"] == whole["runs"][1]["job_key"]
+    assert resumed["unfinished"] == [] and resumed["complete"]
     assert not (out / "benchmark-folds").exists()

@@ -597,6 +597,45 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def _unfinished_run(job: Job, key: str, folds: dict[int, TrainedFold], fold_models: int) -> dict:
+    """What a run that is still training has so far: its finished fold models (not scored as a run: no
+    out-of-fold or held-out AUC before all K are there)."""
+    results = [folds[fold] for fold in sorted(folds)]
+    return {
+        "row": job.spec.name,
+        "seed": job.seed,
+        "job_key": key,
+        "fold_models": fold_models,
+        "folds": [
+            {
+                "fold": trained.result.fold,
+                "auc": trained.result.auc,
+                "learned": trained.result.learned,
+                "attempts": trained.result.attempts,
+                "train_loss": trained.result.train_loss,
+                "cpu_seconds": round(trained.cpu_seconds, 1),
+            }
+            for trained in results
+        ],
+        "cpu_seconds": round(sum(trained.cpu_seconds for trained in results), 1),
+    }
+
+
+def _unfinished_line(run: dict) -> str:
+    """One line of the partial table for a run still training."""
+    folds = run["folds"]
+    aucs = ", ".join(f"{fold['auc']:.2f}" for fold in folds)
+    losses = ", ".join(f"{fold['train_loss']:.3f}" for fold in folds)
+    stuck = sum(not fold["learned"] for fold in folds)
+    trainings = sum(fold["attempts"] for fold in folds)
+    plural = "s" if trainings != 1 else ""
+    return (
+        f"{run['row']}, seed {run['seed']}: {len(folds)} of {run['fold_models']} fold models trained "
+        f"(fold AUC {aucs}; training loss {losses}; not learned {stuck}/{len(folds)}; {trainings} "
+        f"training{plural}, {run['cpu_seconds']:,.0f} CPU s)"
+    )
+
+
 def _reference_row(run: dict) -> dict:
     """The histogram reference in the shape of an aggregated row (one run)."""
     return aggregate([run]) | {"seeds": []}
@@ -772,16 +811,27 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(aggregate([done[i] for i in indices]))
         complete = len(done) == len(jobs)
         table = markdown_table(rows, **layout)  # type: ignore[arg-type]
+        unfinished = [
+            _unfinished_run(jobs[i], keys[i], trained[i], len(fold_files[i]))
+            for i in sorted(trained)
+            if trained[i]
+        ]
         if not complete:
             table += (
                 f"\nPartial: {len(done)} of {len(jobs)} (row, seed) runs done; rows with a seed still to "
                 "run are not shown. `--resume` continues from here.\n"
             )
+            table += "".join(f"\n- {_unfinished_line(run)}" for run in unfinished) + (
+                "\n" if unfinished else ""
+            )
         runs = [reference] + [done[i] | {"job_key": keys[i]} for i in sorted(done)]
         write_json(
             args.json,
-            {"seeds": seeds, "bootstrap_seed": seed, "complete": complete, "rows": rows, "runs": runs},
-        )
+            {
+                "seeds": seeds, "bootstrap_seed": seed, "complete": complete, "rows": rows, "runs": runs,
+                "unfinished": unfinished,
+            },
+        )  # fmt: skip
         write_text(args.out, table)
         return table
 
@@ -811,8 +861,16 @@ def main(argv: list[str] | None = None) -> None:
 
     def fold_done(task: FoldTask, fold: TrainedFold) -> None:
         trained[task.run][task.job.fold] = fold
+        job, result = jobs[task.run], fold.result
+        log.info(
+            "%s seed %d, fold %d: AUC %.3f, %s after %d attempt(s), %.0f CPU s; %d of %d fold models",
+            job.spec.name, job.seed, result.fold, result.auc, "learned" if result.learned else "NOT learned",
+            result.attempts, fold.cpu_seconds, len(trained[task.run]), len(fold_files[task.run]),
+        )  # fmt: skip
         if len(trained[task.run]) == len(fold_files[task.run]):
             finish(task.run)
+        else:
+            save()  # the finished fold models of unfinished runs, in the JSON and under the table
 
     def finish(index: int) -> None:
         """Score a run whose fold models are all trained, save it, and drop its fold files."""
@@ -828,6 +886,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for index in [i for i in todo if len(trained[i]) == len(fold_files[i])]:
         finish(index)
+    if reused:
+        save()
     run_folds(tasks, args.jobs, fold_done)
     if fold_dir.is_dir() and not any(fold_dir.iterdir()):  # only now: no fold process is writing there
         fold_dir.rmdir()

@@ -88,6 +88,7 @@ from metastases.params import (
 from metastases.splits import make_splits
 from metastases.training.checkpoint import Ensemble, FoldModel
 from metastases.training.cohort import Cohort, load_cohort
+from metastases.training.crossval import FoldResult
 from metastases.training.dataset import PatientArrays
 from metastases.training.loop import Timing, make_loader, predict
 from metastases.training.runtime import configure_torch, resolve_device
@@ -361,18 +362,7 @@ def score_run(job: Job, trained: list[TrainedFold]) -> dict:
         "fold_aucs": fold_aucs,
         "fold_auc_mean": float(np.mean(fold_aucs)),
         "fold_auc_std": float(np.std(fold_aucs, ddof=1)),
-        "folds": [
-            {
-                "fold": f.fold,
-                "auc": f.auc,
-                "accuracy": f.accuracy,
-                "learned": f.learned,
-                "attempts": f.attempts,
-                "train_loss": f.train_loss,
-                "init_seed": f.seed,
-            }
-            for f in folds
-        ],
+        "folds": [_fold_record(f) for f in folds],
         "fold_models": len(folds),
         "not_learned": len(folds) - len(learned),
         "ensemble_size": len(members),
@@ -597,6 +587,19 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def _fold_record(result: FoldResult) -> dict:
+    """A fold model as the benchmark JSON records it, in a scored run and in one still training."""
+    return {
+        "fold": result.fold,
+        "auc": result.auc,
+        "accuracy": result.accuracy,
+        "learned": result.learned,
+        "attempts": result.attempts,
+        "train_loss": result.train_loss,
+        "init_seed": result.seed,
+    }
+
+
 def _unfinished_run(job: Job, key: str, folds: dict[int, TrainedFold], fold_models: int) -> dict:
     """What a run that is still training has so far: its finished fold models (not scored as a run: no
     out-of-fold or held-out AUC before all K are there)."""
@@ -607,15 +610,7 @@ def _unfinished_run(job: Job, key: str, folds: dict[int, TrainedFold], fold_mode
         "job_key": key,
         "fold_models": fold_models,
         "folds": [
-            {
-                "fold": trained.result.fold,
-                "auc": trained.result.auc,
-                "learned": trained.result.learned,
-                "attempts": trained.result.attempts,
-                "train_loss": trained.result.train_loss,
-                "cpu_seconds": round(trained.cpu_seconds, 1),
-            }
-            for trained in results
+            _fold_record(fold.result) | {"cpu_seconds": round(fold.cpu_seconds, 1)} for fold in results
         ],
         "cpu_seconds": round(sum(trained.cpu_seconds for trained in results), 1),
     }

@@ -70,7 +70,7 @@ def _copy_without(cohort: dict[str, Path], root: Path, drop_split: str) -> dict[
 
 def test_augmentation_is_seeded_per_sample_and_epoch(cohort: dict[str, Path]) -> None:
     patients = pd.read_csv(cohort["2d"] / "index.csv", dtype={"patient": str}).head(2)
-    dataset = PatientArrays(cohort["2d"], patients, Augmentation(0.5, 0.5, 0.1, 0.1), seed=3)
+    dataset = PatientArrays(cohort["2d"], patients, Augmentation(0.5, 0.5, 0.1, 0.1, 0.0, 0.0), seed=3)
     first = dataset[0][0]
     assert first.dtype == torch.float32 and first.shape == (60, 32, 32)
     assert torch.equal(first, dataset[0][0])
@@ -84,13 +84,13 @@ def test_augmentation_is_seeded_per_sample_and_epoch(cohort: dict[str, Path]) ->
 def test_flip_and_per_sequence_shift_act_as_specified(cohort: dict[str, Path]) -> None:
     stored = np.load(next(cohort["3d"].glob("*.npy"))).astype(np.float32)
     rng = np.random.default_rng(0)
-    flipped = Augmentation(1.0, 0.0, 0.0, 0.0)(stored, rng).numpy()
+    flipped = Augmentation(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)(stored, rng).numpy()
     assert np.array_equal(flipped, stored[..., ::-1])
-    shifted = Augmentation(0.0, 0.0, 0.0, 0.2)(stored, rng).numpy()
+    shifted = Augmentation(0.0, 0.0, 0.0, 0.2, 0.0, 0.0)(stored, rng).numpy()
     offsets = (shifted - stored).reshape(3, -1)
     assert np.allclose(offsets, offsets[:, :1], atol=1e-6)  # one offset per sequence
     assert np.all(np.abs(offsets[:, 0]) <= 0.2) and len(set(np.round(offsets[:, 0], 6))) == 3
-    noisy = Augmentation(0.0, 0.0, 0.5, 0.0)(stored, rng).numpy()
+    noisy = Augmentation(0.0, 0.0, 0.5, 0.0, 0.0, 0.0)(stored, rng).numpy()
     assert (noisy - stored).std() == pytest.approx(0.5, rel=0.05)
 
 
@@ -309,7 +309,43 @@ def test_a_model_stuck_at_chance_is_retried_then_flagged_and_left_out(
 def test_chance_loss_is_the_entropy_of_the_class_prior() -> None:
     assert chance_loss(np.array([0, 1, 0, 1])) == pytest.approx(np.log(2))
     assert chance_loss(np.array([0, 0, 0, 1])) == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
-    assert has_learned(0.5, np.array([0, 1])) and not has_learned(0.65, np.array([0, 1]))
+    balanced = np.array([0, 1])
+    assert has_learned(0.5, 0.9, balanced)
+    assert not has_learned(0.68, 0.9, balanced)  # ranks, but its scores barely leave the prior
+    assert not has_learned(0.3, 0.6, balanced)  # confident, but not separating
+
+
+def test_a_model_that_separates_its_training_patients_under_heavy_noise_is_not_flagged(
+    tmp_path: Path,
+) -> None:
+    # heavy noise keeps the augmented training loss near or above chance while the model, scored on its
+    # own training patients without augmentation, separates them: the loss under augmentation misjudged it
+    easy = write_cohort(tmp_path / "easy", patients=16, size_2d=32, size_3d=32, folds=3, contrast=3.0)
+    noisy = Train3DParams(**{**TINY, "epochs": 10, "noise_std": 2.0, "rotate_degrees": 30.0, "scale": 0.2})
+    metrics = run_training(easy["3d"], easy["splits"], noisy, SEED, _outputs(tmp_path, "3d"))
+    folds = [metrics[f"fold{k}"] for k in range(3)]
+    assert max(f["train_loss"] for f in folds) >= 0.9 * np.log(2)  # the old criterion would flag it
+    assert all(f["fitted_auc"] >= 0.8 and f["learned"] for f in folds)
+    assert metrics["restarts_used"] == 0 and metrics["folds_learned"] == 3
+
+
+def test_a_flip_through_the_resampling_is_the_exact_mirror_image(cohort: dict[str, Path]) -> None:
+    stored = np.load(next(cohort["2d"].glob("*.npy")))
+    # a rotation range this small draws a (practically) zero angle, but takes the resampling path
+    mirrored = Augmentation(1.0, 1.0, 0.0, 0.0, rotate_degrees=1e-9, scale=0.0)(
+        stored, np.random.default_rng(0)
+    )
+    assert np.allclose(mirrored.numpy(), stored[..., ::-1, ::-1].astype(np.float32), atol=1e-5)
+
+
+def test_noise_differs_between_samples_and_is_the_same_run_after_run(cohort: dict[str, Path]) -> None:
+    stored = np.load(next(cohort["3d"].glob("*.npy"))).astype(np.float32)
+    noisy = Augmentation(0.0, 0.0, 0.3, 0.0, 0.0, 0.0)
+    first = noisy(stored, np.random.default_rng(1), 7).numpy() - stored
+    second = noisy(stored, np.random.default_rng(2), 7).numpy() - stored
+    assert first.std() == pytest.approx(0.3, rel=0.05) and second.std() == pytest.approx(0.3, rel=0.05)
+    assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.05  # not the same pattern
+    assert np.array_equal(first, noisy(stored, np.random.default_rng(1), 7).numpy() - stored)
 
 
 def test_rotation_and_scale_move_the_anatomy_alike_in_every_slice_and_keep_the_background() -> None:

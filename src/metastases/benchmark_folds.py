@@ -40,7 +40,7 @@ from metastases.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 """Version of the saved fold files; another version is trained again rather than read."""
 
 
@@ -52,6 +52,9 @@ RESULT_FIELDS = (
     "seed",
     "attempts",
     "learned",
+    "fitted_loss",
+    "fitted_auc",
+    "precision",
     "train_patients",
     "val_patients",
 )

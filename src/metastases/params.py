@@ -332,10 +332,13 @@ class TrainParams:
     rotate_degrees: float = 15.0
     scale: float = 0.1
     device: str = "auto"
+    precision: str = "auto"
+    """Autocast precision of the forward pass: ``auto`` (float16 on CUDA; bfloat16 on a CPU that has it
+    natively, AVX-512 BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16`` or ``float16`` (CUDA)."""
     threads: int = 1
     num_workers: int | str = "auto"
-    """DataLoader workers per training process, or ``auto``: 1 on the CPU, on CUDA up to 8 (the cores
-    shared out over the training processes)."""
+    """DataLoader workers per training process, or ``auto``: 0 on the CPU (the training process loads and
+    augments its own batches), on CUDA up to 8 (the cores shared out over the training processes)."""
     parallel_folds: int = 3
     nproc: int = 1
     """Processes that train each fold model together under torchrun (DistributedDataParallel): 1 is a
@@ -373,6 +376,10 @@ class TrainParams:
         _require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"{name}.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N",
+        )
+        _require(
+            self.precision in ("auto", "float32", "bfloat16", "float16"),
+            f"{name}.precision: {self.precision!r} is not one of auto, float32, bfloat16, float16",
         )
         _require(self.threads >= 1, f"{name}.threads: must be at least 1, got {self.threads}")
         workers = self.num_workers

@@ -1,8 +1,9 @@
 """A torch dataset that streams one patient's stored array at a time, with seeded augmentation.
 
 Arrays are opened memory-mapped and converted to float32 per sample, so a cohort at S = 512 need not
-fit in memory. Random augmentation draws from a generator seeded by (seed, epoch, sample index): the
-same run gives the same augmented samples whatever the number of loader workers.
+fit in memory. Random augmentation draws from a generator seeded by (seed, epoch, sample index), its
+noise from a bank seeded by the seed: the same run gives the same augmented samples whatever the number
+of loader workers or processes.
 """
 
 from __future__ import annotations
@@ -20,16 +21,44 @@ from torch.utils.data import Dataset
 from metastases.params import SEQUENCES, TrainParams
 
 
+def as_float32(sample: np.ndarray) -> torch.Tensor:
+    """A stored (float16, possibly memory-mapped) sample as a new float32 tensor; torch converts float16
+    20x faster than NumPy (0.08 vs 1.7 ms for ``[60, 128, 128]``). The memory map stays untouched."""
+    return torch.from_numpy(np.array(sample)).float()
+
+
+NOISE_OFFSETS = 2**16
+"""How many starting points a sample's noise may take in the noise bank (times two signs)."""
+
+_BANK: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def noise_bank(numel: int, seed: int) -> torch.Tensor:
+    """``numel`` + :data:`NOISE_OFFSETS` standard normal values drawn once per process from ``seed``.
+
+    A sample's noise is a slice of it at a random offset with a random sign: drawing a fresh normal value
+    per voxel took more time than a 2D training step's convolutions (5.5 of 35 ms per sample).
+    """
+    key = (numel, seed)
+    if key not in _BANK:
+        _BANK.clear()
+        _BANK[key] = torch.randn(numel + NOISE_OFFSETS, generator=torch.Generator().manual_seed(seed))
+    return _BANK[key]
+
+
 @dataclass(frozen=True)
 class Augmentation:
-    """Random transforms on normalised (z-scored) intensities; amplitudes in standard deviations."""
+    """Random transforms on normalised (z-scored) intensities; amplitudes in standard deviations.
 
-    flip_horizontal: float = 0.5
-    flip_vertical: float = 0.0
-    noise_std: float = 0.1
-    intensity_shift: float = 0.1
-    rotate_degrees: float = 0.0
-    scale: float = 0.0
+    Built from the training params (:meth:`from_params`), the one place their values are set.
+    """
+
+    flip_horizontal: float
+    flip_vertical: float
+    noise_std: float
+    intensity_shift: float
+    rotate_degrees: float
+    scale: float
 
     @classmethod
     def from_params(cls, params: TrainParams) -> Augmentation:
@@ -42,40 +71,51 @@ class Augmentation:
             params.scale,
         )
 
-    def _affine(self, tensor: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """One random in-plane rotation and isotropic scaling for every slice and sequence (bilinear;
-        outside the image: the sample's minimum, i.e. background)."""
-        angle = math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
-        zoom = 1.0 + rng.uniform(-self.scale, self.scale)
+    @staticmethod
+    def _resample(tensor: torch.Tensor, theta: list[list[float]]) -> torch.Tensor:
+        """Every slice and sequence resampled through one in-plane affine map (bilinear; outside the image:
+        the sample's minimum, i.e. background)."""
         planes = tensor.reshape(1, -1, *tensor.shape[-2:])
         background = float(planes.min())
-        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
-        theta = torch.tensor([[[cos, -sin, 0.0], [sin, cos, 0.0]]], dtype=planes.dtype)
-        grid = nn.functional.affine_grid(theta, list(planes.shape), align_corners=False)
+        matrix = torch.tensor([theta], dtype=planes.dtype)
+        grid = nn.functional.affine_grid(matrix, list(planes.shape), align_corners=False)
         moved = nn.functional.grid_sample(planes - background, grid, mode="bilinear", align_corners=False)
         return (moved + background).reshape(tensor.shape)
 
-    def __call__(self, sample: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, sample: np.ndarray, rng: np.random.Generator, seed: int = 0) -> torch.Tensor:
         """Augment one stored sample, ``[60, S, S]`` or ``[3, 20, S, S]``; returns a new float32 tensor.
 
-        Flips act on the in-plane axes (last two), alike for every sequence and slice. The intensity
-        shift is one offset per sequence (the 2D layout's channel is ``sequence * 20 + slice``). The
-        noise is drawn by torch (twice as fast as NumPy's) from a generator seeded by ``rng``.
+        Flips, rotation and scaling act on the in-plane axes (last two), alike for every sequence and
+        slice, as one resampling (a flip is the affine map's sign: exact at pixel centres). The intensity
+        shift is one offset per sequence (the 2D layout's channel is ``sequence * 20 + slice``). The noise
+        is a random window of :func:`noise_bank` (``seed``) with a random sign.
         """
-        out = sample
-        if rng.random() < self.flip_horizontal:
-            out = out[..., ::-1]
-        if rng.random() < self.flip_vertical:
-            out = out[..., ::-1, :]
-        tensor = torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: the memory map stays untouched
-        if self.rotate_degrees > 0 or self.scale > 0:
-            tensor = self._affine(tensor, rng)
+        tensor = as_float32(sample)
+        flip_x = -1.0 if rng.random() < self.flip_horizontal else 1.0
+        flip_y = -1.0 if rng.random() < self.flip_vertical else 1.0
+        angle = (
+            math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
+            if self.rotate_degrees > 0
+            else 0.0
+        )
+        zoom = 1.0 + rng.uniform(-self.scale, self.scale) if self.scale > 0 else 1.0
+        if angle or zoom != 1.0:
+            cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+            tensor = self._resample(
+                tensor, [[cos * flip_x, -sin * flip_y, 0.0], [sin * flip_x, cos * flip_y, 0.0]]
+            )
+        else:
+            flipped = [axis for axis, sign in ((-1, flip_x), (-2, flip_y)) if sign < 0]
+            if flipped:
+                tensor = tensor.flip(flipped)
         if self.intensity_shift > 0:
             shifts = rng.uniform(-self.intensity_shift, self.intensity_shift, size=len(SEQUENCES))
             tensor.view(len(SEQUENCES), -1).add_(torch.from_numpy(shifts.astype(np.float32))[:, None])
         if self.noise_std > 0:
-            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-            tensor.add_(torch.randn(tensor.shape, generator=generator), alpha=self.noise_std)
+            bank = noise_bank(tensor.numel(), seed)
+            offset = int(rng.integers(NOISE_OFFSETS + 1))
+            sign = 1.0 if rng.random() < 0.5 else -1.0
+            tensor.view(-1).add_(bank[offset : offset + tensor.numel()], alpha=sign * self.noise_std)
         return tensor
 
 
@@ -106,6 +146,6 @@ class PatientArrays(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         stored = np.load(self.array_dir / f"{self.patients[index]}.npy", mmap_mode="r")
         if self.augmentation is None:
-            return torch.from_numpy(np.array(stored, dtype=np.float32)), self.labels[index]
+            return as_float32(stored), self.labels[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return self.augmentation(stored, rng), self.labels[index]
+        return self.augmentation(stored, rng, self.seed), self.labels[index]

@@ -36,8 +36,10 @@ from metastases.training.distributed import (
 )
 from metastases.training.runtime import (
     amp_enabled,
+    autocast,
     loader_workers,
     prepare_model,
+    resolve_precision,
     seed_everything,
     to_device,
 )
@@ -81,6 +83,13 @@ class FitResult:
     val_scores: np.ndarray | None = None
     """Probability of metastases for each validation patient after the last epoch."""
     timing: Timing = field(default_factory=Timing)
+    precision: str = "float32"
+    """The forward pass's precision (:func:`~metastases.training.runtime.resolve_precision`)."""
+    fitted_loss: float = float("nan")
+    """Mean loss on the training patients after the last epoch, in evaluation mode and without
+    augmentation: how well the model separates what it trained on (:func:`fit_check`)."""
+    fitted_auc: float = float("nan")
+    """ROC AUC on the training patients, measured the same way."""
 
 
 def _worker_init(worker_id: int) -> None:
@@ -149,6 +158,7 @@ def train_one_epoch(
     *,
     group: Group | None = None,
     micro_batch: int = 0,
+    precision: str = "float32",
 ) -> tuple[list[float], Timing]:
     """One pass over ``loader``; returns each batch's loss and the data-wait/compute split.
 
@@ -165,11 +175,11 @@ def train_one_epoch(
         micro_batch: samples per forward/backward pass (0: the whole batch): each micro-batch's summed
             loss over the batch's sample count is back-propagated, so the accumulated gradient is the
             whole batch's; one optimiser step per batch.
+        precision: the forward pass's autocast precision, resolved (float32: none).
     """
     model.train()
     losses: list[float] = []
     timing = Timing()
-    amp = amp_enabled(device)
     summed = nn.CrossEntropyLoss(reduction="sum", ignore_index=IGNORE_LABEL)
     tick = time.perf_counter()
     for images, labels in loader:
@@ -179,12 +189,12 @@ def train_one_epoch(
         timing.data_wait_s += loaded - tick
         optimizer.zero_grad(set_to_none=True)
         if group is None and not 0 < micro_batch < len(labels):
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                loss = criterion(model(images), labels)
+            with autocast(device, precision):
+                loss = criterion(model(images).float(), labels)
             scaler.scale(loss).backward()
             batch_loss = float(loss.detach())
         else:
-            batch_loss = _accumulate(model, images, labels, summed, scaler, amp, group, micro_batch)
+            batch_loss = _accumulate(model, images, labels, summed, scaler, precision, group, micro_batch)
         scaler.step(optimizer)
         scaler.update()
         losses.append(batch_loss)
@@ -201,7 +211,7 @@ def _accumulate(
     labels: torch.Tensor,
     summed: nn.Module,
     scaler: torch.amp.GradScaler,
-    amp: bool,
+    precision: str,
     group: Group | None,
     micro_batch: int,
 ) -> float:
@@ -219,7 +229,7 @@ def _accumulate(
         last = index == len(starts) - 1
         no_sync = getattr(model, "no_sync", None)
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
-            with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=amp):
+            with autocast(images.device, precision):
                 part = summed(model(images[start : start + size]).float(), labels[start : start + size])
             scaler.scale(part * weight).backward()
         loss_sum += part.detach()
@@ -246,6 +256,17 @@ def predict(
             count += len(labels)
     mean_loss = total_loss / count if criterion is not None and count else None
     return np.concatenate(scores).astype(np.float64), mean_loss
+
+
+def fit_check(
+    model: nn.Module, loader: DataLoader, device: torch.device, labels: np.ndarray
+) -> tuple[float, float]:
+    """Mean cross-entropy and ROC AUC of ``model`` on its own training patients (``loader``: unaugmented,
+    unshuffled), in evaluation mode: what it has learned, without the augmentation and dropout that make
+    the training loss of the last epoch overstate chance."""
+    scores, loss = predict(model, loader, device, nn.CrossEntropyLoss())
+    auc = float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else 0.5
+    return float(loss or 0.0), auc
 
 
 def fit(
@@ -275,7 +296,8 @@ def fit(
     schedule = None
     if params.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(device))
+    precision = resolve_precision(params.precision, device, f"{params.section_name}.precision")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "float16")
     processes = params.parallel_folds if group is None else group.world
     workers = loader_workers(params.num_workers, device, processes)
     train_set = PatientArrays(array_dir, train, Augmentation.from_params(params), seed=seed)
@@ -290,7 +312,7 @@ def fit(
         if val_set is not None:  # this rank's shard of the validation patients; the scores are gathered
             shard = Subset(val_set, list(range(group.rank, len(val_set), group.world)))
             val_loader = make_loader(shard, params.batch_size, False, seed, workers, device)  # type: ignore[arg-type]
-    result = FitResult(model=network, input_shape=tuple(input_shape))
+    result = FitResult(model=network, input_shape=tuple(input_shape), precision=precision)
     step = 0
     progress = tqdm(range(1, epochs + 1), desc=description, unit="epoch", leave=False, disable=None)
     for epoch in progress:
@@ -304,6 +326,7 @@ def fit(
             scaler,
             group=group,
             micro_batch=params.micro_batch,
+            precision=precision,
         )
         result.timing.add(timing)
         if schedule is not None:
@@ -329,12 +352,18 @@ def fit(
         result.epochs.append(record)
         progress.set_postfix(loss=f"{record.train_loss:.3f}")
         log.debug("%s epoch %d: %s", description, epoch, record)
+    if group is not None:
+        sync_buffers(network)  # every rank judges rank 0's model alike, so all take the same restart decision
+    fitted = make_loader(PatientArrays(array_dir, train), params.batch_size, False, seed, workers, device)
+    result.fitted_loss, result.fitted_auc = fit_check(network, fitted, device, train["label"].to_numpy())
     last = result.epochs[-1]
     log.info(
-        "%s: %d epochs, train loss %.4f, val loss %s, val AUC %s, data wait %.1f%% of step time",
+        "%s: %d epochs (%s), train loss %.4f (fitted: %s), val loss %s, val AUC %s, data wait %.1f%%",
         description,
         epochs,
+        precision,
         last.train_loss,
+        f"{result.fitted_loss:.4f}, AUC {result.fitted_auc:.3f}",
         "n/a" if last.val_loss is None else f"{last.val_loss:.4f}",
         "n/a" if last.val_auc is None else f"{last.val_auc:.3f}",
         100 * result.timing.data_wait_share,

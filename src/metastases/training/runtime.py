@@ -51,8 +51,48 @@ def resolve_device(name: str) -> torch.device:
 
 
 def amp_enabled(device: torch.device) -> bool:
-    """Mixed precision (float16 autocast with gradient scaling) on CUDA only; full float32 on the CPU."""
+    """Mixed precision (float16 autocast with gradient scaling) for inference on CUDA only; full float32
+    on the CPU (scoring is cheap; training's precision is :func:`resolve_precision`'s)."""
     return device.type == "cuda"
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+"""``train_<dim>.precision`` choices: the autocast dtype of the forward pass (weights stay float32)."""
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): only then is it faster."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(setting: str, device: torch.device, key: str = "precision") -> str:
+    """The precision a training run uses: ``float32``, ``bfloat16`` or ``float16``.
+
+    ``auto``: float16 mixed precision on CUDA; on the CPU bfloat16 where it is native (measured on an AMD
+    EPYC with AVX-512 BF16: 2x faster for the 3D default), float32 elsewhere. An explicit choice the
+    device cannot honour is a :class:`ParamsError` naming ``key``.
+    """
+    if setting == "auto":
+        chosen = "float16" if device.type == "cuda" else ("bfloat16" if native_bfloat16() else "float32")
+        log.info("%s auto: %s on %s", key, chosen, device.type)
+        return chosen
+    if setting not in PRECISIONS:
+        raise ParamsError(f"{key}: {setting!r} is not one of {', '.join(PRECISIONS)}")
+    if setting == "float16" and device.type != "cuda":
+        raise ParamsError(f"{key}: float16 needs a CUDA device; on the CPU use auto, float32 or bfloat16")
+    if setting == "bfloat16" and device.type == "cpu" and not native_bfloat16():
+        raise ParamsError(
+            f"{key}: bfloat16 needs a CPU with AVX-512 BF16 or AMX, which this one lacks; use auto or float32"
+        )
+    if setting == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ParamsError(f"{key}: bfloat16 is not supported by this GPU; use auto, float16 or float32")
+    return setting
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's autocast context for a resolved ``precision`` (disabled for float32)."""
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "float32")
 
 
 def _memory_format(dims: int) -> torch.memory_format:
@@ -61,18 +101,18 @@ def _memory_format(dims: int) -> torch.memory_format:
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` on ``device``; on CUDA its convolution weights channels-last (faster cuDNN kernels with
-    mixed precision). On the CPU nothing but the move, so CPU results stay as they are."""
+    """``model`` on ``device`` with its convolution weights channels-last: oneDNN's CPU kernels and cuDNN's
+    mixed-precision kernels are faster so (measured on 2 cores: the 2D default's step 22.6 -> 11.8 ms per
+    sample, the 3D default's 26.4 -> 20.5 in float32)."""
     model = model.to(device)
-    if device.type == "cuda":
-        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
-        if convs:
-            model = model.to(memory_format=_memory_format(convs[0].weight.dim()))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
+    if convs:
+        model = model.to(memory_format=_memory_format(convs[0].weight.dim()))
     return model
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on ``device`` (asynchronously from pinned memory); channels-last on CUDA only."""
+    """A batch on ``device`` (asynchronously from pinned memory); channels-last on CUDA."""
     batch = batch.to(device, non_blocking=True)
     if device.type == "cuda" and batch.dim() in (4, 5):
         batch = batch.contiguous(memory_format=_memory_format(batch.dim()))
@@ -84,11 +124,12 @@ CUDA_LOADER_WORKERS = 8
 
 
 def loader_workers(setting: int | str, device: torch.device, processes: int = 1) -> int:
-    """DataLoader workers per training process: ``setting`` when a number; ``auto``: 1 on the CPU (one
-    worker beside the training thread suits 2 cores), on CUDA enough to keep the GPU fed: the cores
+    """DataLoader workers per training process: ``setting`` when a number; ``auto``: 0 on the CPU (the
+    training process loads and augments its own batches: a sample takes 1.5-3.5 ms, less than starting a
+    worker process every epoch), on CUDA enough to keep the GPU fed: the cores
     shared out over the ``processes`` training processes, at most :data:`CUDA_LOADER_WORKERS`."""
     if setting != "auto":
         return int(setting)
     if device.type != "cuda":
-        return 1
+        return 0
     return max(1, min(CUDA_LOADER_WORKERS, (os.cpu_count() or 1) // max(1, processes) - 1))

@@ -160,11 +160,15 @@ def _write_outputs(
         "folds_not_learned": len(cv.folds) - len(learned),
         "restarts_used": sum(f.attempts - 1 for f in cv.folds),
         "train_loss_mean": float(np.mean([f.train_loss for f in cv.folds])),
+        "fitted_auc_mean": float(np.mean([f.fitted_auc for f in cv.folds])),
+        "precision": cv.folds[0].precision,
         "oof_auc": float(roc_auc_score(cv.out_of_fold["label"], cv.out_of_fold["score"])),
     }
     for fold in cv.folds:
         metrics[f"fold{fold.fold}"] = {
             "train_loss": fold.train_loss,
+            "fitted_loss": fold.fitted_loss,
+            "fitted_auc": fold.fitted_auc,
             "val_loss": fold.epochs[-1].val_loss,
             "val_auc": fold.auc,
             "learned": fold.learned,

@@ -43,12 +43,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Test files run in parallel, one process per core (pytest-xdist); a file's tests stay in one process, so
+# a module-scoped pipeline is built once. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The inner loop: lint and the tests not marked slow (no end-to-end dvc CLI runs), about a minute.
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 # Share data, models and results through the DVC remote (default: core.remote in .dvc/config, REMOTE=<name>
 # for another). The remote is checked first: a missing or unreachable one is one line naming it and the fix.

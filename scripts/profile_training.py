@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from metastases.training.augment import BatchAugmentation
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from metastases.models import build_model
 from metastases.params import Train3DParams, TrainParams, section
-from metastases.training.runtime import configure_torch, resolve_precision
+from metastases.training.dataset import Augmentation
+from metastases.training.runtime import autocast, configure_torch, prepare_model, resolve_precision
+
+PARTS = ("load", "augment", "forward", "backward", "optimizer")
 
 
 def matmul_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
@@ -83,22 +85,21 @@ def main() -> int:
     labels = torch.tensor([int(v) for v in index["label"][:batch_size]])
     device = torch.device("cpu")
     configure_torch(params.deterministic, params.threads, device)
-    precision = resolve_precision(params.precision, device)
-    model = build_model(params.model, tuple(np.load(arrays / f"{patients[0]}.npy", mmap_mode="r").shape))
+    precision = resolve_precision(params.precision, device, f"train_{args.dim}.precision")
+    shape = tuple(np.load(arrays / f"{patients[0]}.npy", mmap_mode="r").shape)
+    model = prepare_model(build_model(params.model, shape), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    augment = BatchAugmentation.from_params(params)
-    load_s, augment_s, forward_s, backward_s, step_s = [], [], [], [], []
-    generator = torch.Generator().manual_seed(0)
+    augment = Augmentation.from_params(params)
+    times: dict[str, list[float]] = {part: [] for part in PARTS}
+    rng = np.random.default_rng(0)
     model.train()
     for step in range(args.steps + 1):  # the first step warms up and is not counted
         start = time.perf_counter()
-        batch = torch.stack(
-            [torch.from_numpy(np.load(arrays / f"{p}.npy").astype(np.float32)) for p in patients]
-        )
+        stored = [np.array(np.load(arrays / f"{p}.npy", mmap_mode="r")) for p in patients]
         loaded = time.perf_counter()
-        batch = augment(batch, generator)
+        batch = torch.stack([augment(sample, rng) for sample in stored])  # float32 conversion included
         augmented = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        with autocast(device, precision):
             loss = nn.functional.cross_entropy(model(batch).float(), labels)
         forwarded = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -107,15 +108,13 @@ def main() -> int:
         optimizer.step()
         stepped = time.perf_counter()
         if step:
-            load_s.append(loaded - start)
-            augment_s.append(augmented - loaded)
-            forward_s.append(forwarded - augmented)
-            backward_s.append(backwarded - forwarded)
-            step_s.append(stepped - backwarded)
+            ticks = (start, loaded, augmented, forwarded, backwarded, stepped)
+            for part, begin, end in zip(PARTS, ticks[:-1], ticks[1:], strict=True):
+                times[part].append(end - begin)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(2):
-            batch = augment(batch, generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            batch = torch.stack([augment(sample, rng) for sample in stored])
+            with autocast(device, precision):
                 loss = nn.functional.cross_entropy(model(batch).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,13 +123,7 @@ def main() -> int:
     if args.trace:
         prof.export_chrome_trace(str(args.trace))
     flops = step_flops(model, batch, labels) / batch_size
-    parts = {
-        "load_ms": _median_ms(load_s, batch_size),
-        "augment_ms": _median_ms(augment_s, batch_size),
-        "forward_ms": _median_ms(forward_s, batch_size),
-        "backward_ms": _median_ms(backward_s, batch_size),
-        "optimizer_ms": _median_ms(step_s, batch_size),
-    }
+    parts = {f"{part}_ms": _median_ms(times[part], batch_size) for part in PARTS}
     compute_ms = parts["forward_ms"] + parts["backward_ms"]
     result = {
         "dim": args.dim,

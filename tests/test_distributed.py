@@ -115,7 +115,8 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
     whose gradient is near zero steps by up to ``lr`` whichever way the last-bit noise points. Measured
     (3 epochs, weights moved 0.012): at most 1e-7 apart on one AVX-512 machine, 3.5e-5 on another
     (an AMD EPYC, 2026-12-02), where the training losses still agreed to 1e-5."""
-    section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003}
+    # float32: the comparison is of float32 sums in another order (bfloat16's rounding is 2**-8, not 2**-24)
+    section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003, "precision": "float32"}
     reference = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section), SEED,
                              _outputs(tmp_path / "one"))  # fmt: skip
     result = _stage(tmp_path, "3d", {**section, "nproc": 2}, cohort, tmp_path / "two")
@@ -147,7 +148,8 @@ def test_micro_batches_accumulate_the_whole_batch_gradient_alone_and_under_ddp(
     batch normalisation, no dropout) the losses and scores of the whole-batch step to 1e-5 and its weights
     to 1e-4 (float32 sums in another order; Adam divides by each gradient's own scale, so a near-zero
     gradient's rounding reaches the weights: measured 1.6e-5), while training moved them by far more."""
-    section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003}
+    # float32: the comparison is of float32 sums in another order (bfloat16's rounding is 2**-8, not 2**-24)
+    section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003, "precision": "float32"}
     reference = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section), SEED,
                              _outputs(tmp_path / "one"))  # fmt: skip
     micro = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section, micro_batch=1), SEED,

@@ -15,6 +15,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from metastases.errors import ParamsError
 from metastases.models import build_model
 from metastases.params import Train3DParams, TrainParams
 from metastases.training.checkpoint import FoldModel, load_ensemble
@@ -208,6 +209,42 @@ def test_cuda_without_a_gpu_is_one_line_before_any_worker_starts(
         "error: device 'cuda': no CUDA device is available; use device: auto or cpu"
     ]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("precision", "line"),
+    [
+        (
+            "float16",
+            "error: train_2d.precision: float16 needs a CUDA device; on the CPU use auto, float32 "
+            "or bfloat16",
+        ),
+        ("double", "error: train_2d.precision: 'double' is not one of auto, float32, bfloat16, float16"),
+    ],
+)
+def test_a_precision_the_machine_cannot_honour_is_one_line_and_nothing_written(
+    cohort: dict[str, Path], tmp_path: Path, precision: str, line: str
+) -> None:
+    result = _stage(tmp_path, "2d", {**TINY, "epochs": 1, "precision": precision}, cohort, tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bfloat16_on_a_cpu_without_it_is_a_params_error_before_anything_trains(
+    cohort: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # this machine may have AVX-512 BF16: the CPU's answer is replaced by "no" (the one thing not real here)
+    monkeypatch.setattr("metastases.training.runtime.native_bfloat16", lambda: False)
+    bfloat16 = Train3DParams(**{**TINY, "precision": "bfloat16"})
+    with pytest.raises(
+        ParamsError, match=r"^train_3d.precision: bfloat16 needs a CPU with AVX-512 BF16 or AMX"
+    ):
+        run_training(cohort["3d"], cohort["splits"], bfloat16, SEED, _outputs(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    auto = run_training(cohort["3d"], cohort["splits"], Train3DParams(**{**TINY, "epochs": 1}), SEED,
+                        _outputs(tmp_path / "auto"))  # fmt: skip
+    assert auto["precision"] == "float32"  # auto falls back to what works
 
 
 def _rank_and_cpu(pid: int) -> tuple[str | None, float]:

@@ -96,15 +96,16 @@ def test_flip_and_per_sequence_shift_act_as_specified(cohort: dict[str, Path]) -
 
 def test_training_twice_gives_identical_metrics_and_curves(cohort: dict[str, Path], tmp_path: Path) -> None:
     runs = []
-    for name, workers, folds in (("a", 0, 1), ("b", 0, 1), ("c", 1, 1), ("d", 0, 2)):
+    # the speed-only settings: loader workers, fold processes (auto: one per core), none changes a byte
+    for name, workers, folds in (("a", 0, 1), ("b", 0, 1), ("c", 1, 1), ("d", 0, 2), ("e", 2, "auto")):
         params = TrainParams(**{**TINY, "num_workers": workers, "parallel_folds": folds})
         outputs = _outputs(tmp_path / name, "2d")
         runs.append(run_training(cohort["2d"], cohort["splits"], params, SEED, outputs))
         assert json.loads(outputs.metrics.read_text()) == runs[-1]
-    assert runs[0] == runs[1] == runs[2] == runs[3]  # same numbers with a loader worker, folds in parallel
-    for other in "bd":
+    assert runs[0] == runs[1] == runs[2] == runs[3] == runs[4]  # same numbers with workers, folds in parallel
+    for other in "bcde":
         assert (tmp_path / "a/models/2d.pt").read_bytes() == (tmp_path / other / "models/2d.pt").read_bytes()
-    curves = [pd.read_csv(tmp_path / n / "plots/train/model_2d.csv") for n in "abcd"]
+    curves = [pd.read_csv(tmp_path / n / "plots/train/model_2d.csv") for n in "abcde"]
     assert all(curves[0].equals(other) for other in curves[1:])
     folds = [f"{kind}_fold{k}" for k in range(3) for kind in ("train", "val")]
     assert list(curves[0].columns) == ["epoch", *folds, "train_loss", "validation_loss", "validation_auc"]

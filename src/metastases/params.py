@@ -339,7 +339,9 @@ class TrainParams:
     num_workers: int | str = "auto"
     """DataLoader workers per training process, or ``auto``: 0 on the CPU (the training process loads and
     augments its own batches), on CUDA up to 8 (the cores shared out over the training processes)."""
-    parallel_folds: int = 3
+    parallel_folds: int | str = "auto"
+    """Fold models trained at once, one process each (the same numbers as one after another); ``auto``:
+    one per ``threads`` cores on the CPU (2 on 2 cores), 1 on CUDA."""
     nproc: int = 1
     """Processes that train each fold model together under torchrun (DistributedDataParallel): 1 is a
     plain process; N > 1 needs N GPUs on CUDA, or runs N gloo workers on the CPU."""
@@ -389,7 +391,10 @@ class TrainParams:
             f"{name}.num_workers: a whole number >= 0 or auto, got {workers!r}",
         )
         folds = self.parallel_folds
-        _require(folds >= 1, f"{name}.parallel_folds: must be at least 1, got {folds}")
+        _require(
+            folds == "auto" or (isinstance(folds, int) and not isinstance(folds, bool) and folds >= 1),
+            f"{name}.parallel_folds: a whole number >= 1 or auto, got {folds!r}",
+        )
         _require(self.nproc >= 1, f"{name}.nproc: must be at least 1, got {self.nproc}")
 
     @property

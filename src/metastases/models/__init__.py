@@ -48,20 +48,6 @@ def _slice_mil(shape: tuple[int, ...], classes: int) -> nn.Module:
     return SliceMIL(in_channels=shape[0], num_classes=classes)
 
 
-def _slice_variant(**options: object) -> Callable[[tuple[int, ...], int], nn.Module]:
-    def build(shape: tuple[int, ...], classes: int) -> nn.Module:
-        return SliceMIL(in_channels=shape[0], num_classes=classes, **options)  # type: ignore[arg-type]
-
-    return build
-
-
-def _volume_variant(**options: object) -> Callable[[tuple[int, ...], int], nn.Module]:
-    def build(shape: tuple[int, ...], classes: int) -> nn.Module:
-        return VolumeMIL(in_channels=shape[0], num_classes=classes, **options)  # type: ignore[arg-type]
-
-    return build
-
-
 def _volume_mil(shape: tuple[int, ...], classes: int) -> nn.Module:
     return VolumeMIL(in_channels=shape[0], num_classes=classes)
 
@@ -82,13 +68,6 @@ MODELS: dict[str, ModelSpec] = {
     "cnn3d": ModelSpec(
         "3d", _volume_mil, "multiple-instance 3D CNN: shallow local detector, max over the volume (default)"
     ),
-    "x2d_a": ModelSpec("2d", _slice_variant(context=1, strides=(2, 2, 1)), "exp"),
-    "x2d_b": ModelSpec("2d", _slice_variant(channels=(16, 32, 64)), "exp"),
-    "x2d_c": ModelSpec("2d", _slice_variant(context=1, channels=(16, 32, 64), strides=(2, 2, 1)), "exp"),
-    "x2d_d": ModelSpec("2d", _slice_variant(context=3, channels=(16, 32, 32), strides=(2, 2, 1)), "exp"),
-    "x3d_k4": ModelSpec("3d", _volume_variant(top_k=4), "exp"),
-    "x3d_k16": ModelSpec("3d", _volume_variant(top_k=16), "exp"),
-    "x2d_a_k4": ModelSpec("2d", _slice_variant(context=1, strides=(2, 2, 1), top_k=4), "exp"),
     "compact3d_max": ModelSpec("3d", _compact(3, "max"), "compact 4-stage 3D CNN, global max pooling"),
     "compact2d": ModelSpec(
         "2d", _compact(2, "avg"), "compact 4-stage 2D CNN on 60 channels, average pooling"

@@ -44,12 +44,3 @@ def location_logits(features: torch.Tensor, head: nn.Linear) -> torch.Tensor:
     bias = head.bias[1] - head.bias[0] if head.bias is not None else features.new_zeros(())
     shape = (1, -1) + (1,) * (features.dim() - 2)
     return (features * weight.reshape(shape)).sum(dim=1) + bias
-
-
-def top_k_pool(features: torch.Tensor, k: int) -> torch.Tensor:
-    """``[N, F, *spatial]`` -> ``[N, F]``: per feature, the mean of its ``k`` strongest locations (``k`` = 1:
-    the global maximum). A lesion spans several feature-map cells, a speck of anatomy one."""
-    flat = features.flatten(2)
-    if k <= 1:
-        return flat.amax(dim=2)
-    return flat.topk(min(k, flat.shape[2]), dim=2).values.mean(dim=2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metastases.models.layers import conv_stages, location_logits, top_k_pool
+from metastases.models.layers import conv_stages, location_logits
 
 
 class SliceMIL(nn.Module):
@@ -35,10 +35,8 @@ class SliceMIL(nn.Module):
         strides: tuple[int, ...] = (2, 2, 2),
         context: int = 0,
         dropout: float = 0.2,
-        top_k: int = 1,
     ) -> None:
         super().__init__()
-        self.top_k = top_k
         if in_channels % sequences:
             raise ValueError(f"in_channels {in_channels} is not a multiple of {sequences} sequences")
         self.sequences = sequences
@@ -62,12 +60,8 @@ class SliceMIL(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(self.instances(x))  # [B * depth, F, h, w]
-        if self.top_k <= 1:
-            per_slice = torch.amax(features, dim=(2, 3))  # strongest response in each slice
-            pooled = per_slice.reshape(x.shape[0], self.depth, -1).amax(dim=1)  # ... and over slices
-        else:  # the strongest locations over all slices
-            volume = features.reshape(x.shape[0], self.depth, *features.shape[1:]).transpose(1, 2)
-            pooled = top_k_pool(volume, self.top_k)
+        per_slice = torch.amax(features, dim=(2, 3))  # strongest response in each slice
+        pooled = per_slice.reshape(x.shape[0], self.depth, -1).amax(dim=1)  # ... and over slices
         return self.classifier(pooled)
 
     def evidence(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metastases.models.layers import conv_stages, location_logits, top_k_pool
+from metastases.models.layers import conv_stages, location_logits
 
 Stride = tuple[int, int, int]
 
@@ -40,16 +40,14 @@ class VolumeMIL(nn.Module):
         channels: tuple[int, ...] = (8, 16, 32),
         strides: tuple[Stride, ...] = ((1, 2, 2), (1, 2, 2), (1, 1, 1)),
         dropout: float = 0.2,
-        top_k: int = 1,
     ) -> None:
         super().__init__()
-        self.top_k = top_k
         self.encoder = conv_stages(3, in_channels, channels, strides)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(channels[-1], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)  # [B, F, d, h, w]
-        return self.classifier(top_k_pool(features, self.top_k))  # strongest responses anywhere
+        return self.classifier(torch.amax(features, dim=(2, 3, 4)))  # strongest response anywhere
 
     def evidence(self, x: torch.Tensor) -> torch.Tensor:
         """Per-location evidence ``[B, d, h, w]``: the metastasis-minus-normal logit of each feature-map cell

@@ -35,7 +35,7 @@ from metastases.processes import die_with_parent
 from metastases.training.cohort import Cohort, require_both_classes
 from metastases.training.distributed import current_group
 from metastases.training.loop import EpochRecord, Timing, fit
-from metastases.training.runtime import configure_torch
+from metastases.training.runtime import configure_torch, fold_processes
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,9 @@ def cross_validate(
         FoldJob(cohort, fold, params, params.epochs if epochs is None else epochs, seed, str(device), shape)
         for fold in cohort.folds
     ]
-    processes = min(params.parallel_folds, len(jobs))
+    processes = min(fold_processes(params.parallel_folds, device, params.threads), len(jobs))
     if current_group() is not None and processes > 1:
-        log.info("%s.parallel_folds %d: 1 under DistributedDataParallel (every process trains each fold)",
+        log.info("%s.parallel_folds %s: 1 under DistributedDataParallel (every process trains each fold)",
                  params.section_name, params.parallel_folds)  # fmt: skip
         processes = 1
     if processes <= 1:

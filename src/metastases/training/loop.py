@@ -37,6 +37,7 @@ from metastases.training.distributed import (
 from metastases.training.runtime import (
     amp_enabled,
     autocast,
+    fold_processes,
     loader_workers,
     prepare_model,
     resolve_precision,
@@ -298,7 +299,9 @@ def fit(
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     precision = resolve_precision(params.precision, device, f"{params.section_name}.precision")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "float16")
-    processes = params.parallel_folds if group is None else group.world
+    processes = (
+        fold_processes(params.parallel_folds, device, params.threads) if group is None else group.world
+    )
     workers = loader_workers(params.num_workers, device, processes)
     train_set = PatientArrays(array_dir, train, Augmentation.from_params(params), seed=seed)
     val_set = None if validation is None else PatientArrays(array_dir, validation)

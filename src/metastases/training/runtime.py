@@ -46,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ParamsError(f"device {name!r}: no CUDA device is available; use device: auto or cpu")
-    log.info("device: %s", device)
+    log.debug("device: %s", device)
     return device
 
 
@@ -73,9 +73,7 @@ def resolve_precision(setting: str, device: torch.device, key: str = "precision"
     device cannot honour is a :class:`ParamsError` naming ``key``.
     """
     if setting == "auto":
-        chosen = "float16" if device.type == "cuda" else ("bfloat16" if native_bfloat16() else "float32")
-        log.info("%s auto: %s on %s", key, chosen, device.type)
-        return chosen
+        return "float16" if device.type == "cuda" else ("bfloat16" if native_bfloat16() else "float32")
     if setting not in PRECISIONS:
         raise ParamsError(f"{key}: {setting!r} is not one of {', '.join(PRECISIONS)}")
     if setting == "float16" and device.type != "cuda":
@@ -117,6 +115,17 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and batch.dim() in (4, 5):
         batch = batch.contiguous(memory_format=_memory_format(batch.dim()))
     return batch
+
+
+def fold_processes(setting: int | str, device: torch.device, threads: int) -> int:
+    """Fold models trained at once: ``setting`` when a number; ``auto``: on the CPU one process per
+    ``threads`` cores (measured on 2 cores, train-2d: 94 s with 2 at a time, 101 s with 3, 101 s with 5,
+    the same bytes), on CUDA 1 (the processes would share one GPU)."""
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cuda":
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
 
 
 CUDA_LOADER_WORKERS = 8

@@ -33,7 +33,7 @@ from metastases.training.distributed import (
     stop_group,
     worker_device,
 )
-from metastases.training.runtime import configure_torch, resolve_device
+from metastases.training.runtime import configure_torch, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def run_training(
     started = time.perf_counter()
     cohort, shape = check_training_inputs(array_dir, splits_path, params)
     device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device, f"{params.section_name}.precision")
+    log.info("%s: device %s, precision %s (%s)", params.section_name, device, precision, params.precision)
     group = None
     if under_torchrun():
         device = worker_device(device)
@@ -133,7 +135,9 @@ def launch_distributed(script: Path, argv: Sequence[str], array_dir: Path, split
         params: the training section (``nproc`` > 1).
     """
     check_training_inputs(array_dir, splits_path, params)
-    check_nproc(params.nproc, resolve_device(params.device), params.section_name)
+    device = resolve_device(params.device)
+    resolve_precision(params.precision, device, f"{params.section_name}.precision")
+    check_nproc(params.nproc, device, params.section_name)
     launch(script, argv, params.nproc)
 
 

@@ -3,7 +3,7 @@
 Fold k's model trains on the other folds and scores fold k (the out-of-fold predictions that
 cross-validate summarises); together the K models are the final model, whose mean scores new patients.
 Writes the checkpoint (every fold model + what rebuilds it), per-epoch loss curves of every fold, a loss
-picture and the metrics, including which fold models never left chance. Test patients are never read.
+picture and the metrics, including which fold models learned nothing. Test patients are never read.
 """
 
 import dataclasses

@@ -14,9 +14,14 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 
 def patient_volume(
-    rng: np.random.Generator, label: int, size: int, depth: int = 20, contrast: float = 1.5
+    rng: np.random.Generator,
+    label: int,
+    size: int,
+    depth: int = 20,
+    contrast: float = 1.5,
+    lesion_slices: int = 5,
 ) -> np.ndarray:
-    """``[3, depth, size, size]`` float32, z-scored per sequence."""
+    """``[3, depth, size, size]`` float32, z-scored per sequence; a lesion spans ``lesion_slices`` slices."""
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     head = ((yy / 0.42) ** 2 + (xx / 0.36) ** 2 < 1).astype(np.float32)
     volume = np.repeat(head[None, None], 3, axis=0).repeat(depth, axis=1) * rng.uniform(
@@ -29,8 +34,9 @@ def patient_volume(
             z = int(rng.integers(3, depth - 3))
             radius = rng.uniform(0.04, 0.08)
             blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2)).astype(np.float32)
+            below = (lesion_slices - 1) // 2
             for sequence in (0, 2):
-                volume[sequence, z - 2 : z + 3] += contrast * blob
+                volume[sequence, z - below : z - below + lesion_slices] += contrast * blob
     flat = volume.reshape(3, -1)
     flat -= flat.mean(axis=1, keepdims=True)
     flat /= flat.std(axis=1, keepdims=True)
@@ -46,6 +52,7 @@ def write_cohort(
     test_fraction: float = 0.25,
     seed: int = 0,
     contrast: float = 1.5,
+    lesion_slices: int = 5,
 ) -> dict[str, Path]:
     """Write ``root/processed/{2d,3d}/*.npy + index.csv`` and ``root/splits.csv``; returns their paths."""
     rng = np.random.default_rng(seed)
@@ -56,8 +63,9 @@ def write_cohort(
         directory.mkdir(parents=True, exist_ok=True)
     for name, label in zip(names, labels, strict=True):
         patient_seed = int(rng.integers(2**31))
-        vol2 = patient_volume(np.random.default_rng(patient_seed), int(label), size_2d, contrast=contrast)
-        vol3 = patient_volume(np.random.default_rng(patient_seed), int(label), size_3d, contrast=contrast)
+        shape = {"contrast": contrast, "lesion_slices": lesion_slices}
+        vol2 = patient_volume(np.random.default_rng(patient_seed), int(label), size_2d, **shape)
+        vol3 = patient_volume(np.random.default_rng(patient_seed), int(label), size_3d, **shape)
         np.save(dirs["2d"] / f"{name}.npy", vol2.reshape(-1, size_2d, size_2d).astype(np.float16))
         np.save(dirs["3d"] / f"{name}.npy", vol3.astype(np.float16))
     index = pd.DataFrame({"patient": names, "label": labels})

@@ -244,7 +244,7 @@ def test_bfloat16_on_a_cpu_without_it_is_a_params_error_before_anything_trains(
     assert not (tmp_path / "out").exists()
     auto = run_training(cohort["3d"], cohort["splits"], Train3DParams(**{**TINY, "epochs": 1}), SEED,
                         _outputs(tmp_path / "auto"))  # fmt: skip
-    assert auto["precision"] == "float32"  # auto falls back to what works
+    assert auto["precision"] == "float32"  # auto: float32 on the CPU
 
 
 def _rank_and_cpu(pid: int) -> tuple[str | None, float]:

@@ -330,6 +330,20 @@ def test_a_model_that_separates_its_training_patients_under_heavy_noise_is_not_f
     assert metrics["restarts_used"] == 0 and metrics["folds_learned"] == 3
 
 
+def test_the_2d_default_finds_a_lesion_that_sits_in_one_slice_of_twenty(tmp_path: Path) -> None:
+    # one or more bright blobs per metastasis patient, each in a single slice: only a model that looks at
+    # every slice on its own terms can separate the patients it has not trained on
+    cohort = write_cohort(
+        tmp_path, patients=24, size_2d=32, size_3d=32, folds=3, contrast=3.0, lesion_slices=1
+    )
+    params = TrainParams(**{**TINY, "epochs": 15})
+    metrics = run_training(cohort["2d"], cohort["splits"], params, SEED, _outputs(tmp_path, "2d"))
+    assert params.model == "cnn2d" and metrics["oof_auc"] >= 0.9
+    volume = np.load(next((tmp_path / "processed/3d").glob("mts-*.npy"))).astype(np.float32)
+    background = np.load(next((tmp_path / "processed/3d").glob("norma-*.npy"))).astype(np.float32)
+    assert (volume[2].max(axis=(1, 2)) > background[2].max() + 1.0).sum() <= 3  # the lesions' slices only
+
+
 def test_a_flip_through_the_resampling_is_the_exact_mirror_image(cohort: dict[str, Path]) -> None:
     stored = np.load(next(cohort["2d"].glob("*.npy")))
     # a rotation range this small draws a (practically) zero angle, but takes the resampling path

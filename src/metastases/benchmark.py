@@ -553,8 +553,8 @@ def markdown_table(
         + (" [95% bootstrap CI]." if len(seeds) == 1 else "; mean ± std over seeds (min).")
         + " Localisation: the share of metastasis patients whose strongest evidence lies inside a true "
         "metastasis (radius + 5 mm), held-out / out-of-fold (mean over seeds; - for models without "
-        "evidence maps). Not learned: fold models whose training loss never left chance. CPU s: user + "
-        "system, "
+        "evidence maps). Not learned: fold models that do not separate their training patients. "
+        "CPU s: user + system, "
         "loader workers included, summed over seeds. The histogram reference is deterministic (one run; "
         "refitted on the whole training split for the held-out column)."
         + (

@@ -333,8 +333,8 @@ class TrainParams:
     scale: float = 0.1
     device: str = "auto"
     precision: str = "auto"
-    """Autocast precision of the forward pass: ``auto`` (float16 on CUDA; bfloat16 on a CPU that has it
-    natively, AVX-512 BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16`` or ``float16`` (CUDA)."""
+    """Autocast precision of the forward pass: ``auto`` (float16 on CUDA, float32 on the CPU), ``float32``,
+    ``bfloat16`` (a CPU with AVX-512 BF16 or AMX, or a GPU) or ``float16`` (CUDA)."""
     threads: int = 1
     num_workers: int | str = "auto"
     """DataLoader workers per training process, or ``auto``: 0 on the CPU (the training process loads and

@@ -87,7 +87,8 @@ def run_training(
 
     The checkpoint holds all K: their mean scores new patients, their out-of-fold scores are the
     cross-validation. Test patients are neither read nor used. Returns the metrics written to
-    ``outputs.metrics``; a fold model that never left chance is flagged there and in the log.
+    ``outputs.metrics``; a fold model that does not separate its training patients is flagged there and
+    in the log.
     """
     started = time.perf_counter()
     cohort, shape = check_training_inputs(array_dir, splits_path, params)
@@ -197,13 +198,15 @@ def _write_outputs(
     write_json(outputs.metrics, metrics)
     if not learned:
         log.error(
-            "train %s: NO fold model of %s left chance (training loss %.3f): the saved model is not a "
+            "train %s: NO fold model of %s separates its training patients (mean AUC %.3f without "
+            "augmentation): the saved model is not a "
             "classifier; see %s and try more epochs or another lr",
-            params.dim, params.model, metrics["train_loss_mean"], outputs.png,
+            params.dim, params.model, metrics["fitted_auc_mean"], outputs.png,
         )  # fmt: skip
     elif len(learned) < len(cv.folds):
         log.warning(
-            "train %s: %d of %d fold models never left chance and are left out of the ensemble",
+            "train %s: %d of %d fold models do not separate their training patients and are left out of "
+            "the ensemble",
             params.dim, metrics["folds_not_learned"], len(cv.folds),
         )  # fmt: skip
     log.info("train %s: out-of-fold AUC %.3f, %d/%d folds learned, %.0f s", params.dim, metrics["oof_auc"],

@@ -49,7 +49,7 @@ PYTEST_WORKERS ?= auto
 test: lint typecheck
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
-# The inner loop: lint and the tests not marked slow (no end-to-end dvc CLI runs), about a minute.
+# The inner loop: lint and the tests not marked slow (no end-to-end pipeline, no process-killing tests).
 test-fast: lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 

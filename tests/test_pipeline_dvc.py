@@ -21,6 +21,8 @@ import pydicom
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # end-to-end or many processes: make test, not make test-fast
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 IDENTITY_TAGS = (

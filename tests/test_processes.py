@@ -20,7 +20,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)"),
+    pytest.mark.slow,  # real stages signalled and watched: make test, not make test-fast
+]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
 

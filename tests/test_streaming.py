@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_arrays import write_cohort
 
+pytestmark = pytest.mark.slow  # a training subprocess measured for memory: make test, not make test-fast
+
 CHILD = """
 import json, resource, sys
 from pathlib import Path

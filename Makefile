@@ -18,7 +18,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+# `dvc plots show/diff` draw their page from this template (.dvc/config: plots.html_template, resolved
+# against .dvc/): Vega, Vega-Lite and Vega-Embed inline from vl-convert instead of DVC's CDN scripts, so
+# the page also draws on an air-gapped network. Git-ignored; rewritten when the venv or the code changes.
+PLOTS_TEMPLATE := .dvc/plots-offline.html
+$(PLOTS_TEMPLATE): $(VENV)/.installed src/metastases/compare/render.py src/metastases/compare/plots.py
+	$(BIN)/python -m metastases.compare.plots --dvc-template $@
+
+install: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 # Build the embedded demo cohort only when data/raw is missing or empty; a user's own export is left alone.
 # `dvc add` makes the raw data visible to DVC (and to queued experiments) as a user's export would be.

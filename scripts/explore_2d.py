@@ -31,9 +31,9 @@ from sklearn.metrics import roc_auc_score
 from metastases import models
 from metastases.models.layers import conv_stages
 from metastases.models.slice_mil import SliceMIL
-from metastases.params import TrainParams, section
-from metastases.training.cohort import load_cohort
-from metastases.training.crossval import fold_seed
+from metastases.params import TrainingParams, training_section
+from metastases.training.folds import fold_seed
+from metastases.training.inputs import load_cohort
 from metastases.training.loop import fit
 from metastases.training.runtime import configure_torch
 
@@ -67,7 +67,7 @@ def register(channels: tuple[int, ...], strides: tuple[int, ...], position: bool
     models.MODELS[VARIANT] = models.ModelSpec("2d", build, "exploratory 2D slice model")
 
 
-def parse_setting(text: str, base: TrainParams) -> tuple[str, Any]:
+def parse_setting(text: str, base: TrainingParams) -> tuple[str, Any]:
     key, _, value = text.partition("=")
     if not hasattr(base, key):
         raise SystemExit(f"error: --set {text}: train_2d has no setting {key!r}")
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.channels) != len(args.strides):
         parser.error("--channels and --strides need one entry per stage")
-    base = section(TrainParams, "train_2d", args.params)
+    base = training_section("2d", args.params)
     settings = dict(parse_setting(text, base) for text in args.set)
     params = dataclasses.replace(base, **settings, model=VARIANT, threads=1, num_workers=0, device="cpu")
     register(tuple(args.channels), tuple(args.strides), args.position)
@@ -107,7 +107,7 @@ def main() -> None:
         configure_torch(True, 1, torch.device("cpu"))
         train, held = cohort.part("train", exclude=[fold]), cohort.part("train", folds=[fold])
         start = time.perf_counter()
-        result = fit(args.arrays, train, held, params, params.epochs, fold_seed(seed, fold, 0),
+        result = fit(args.arrays, train, held, params, fold_seed(seed, fold, 0),
                      torch.device("cpu"), shape, f"seed {seed} fold {fold}")  # fmt: skip
         return {"seed": seed, "fold": fold, "labels": held["label"].to_numpy(), "scores": result.val_scores,
                 "loss": result.epochs[-1].train_loss, "auc": result.epochs[-1].val_auc,

@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from metastases.models import build_model
-from metastases.params import Train3DParams, TrainParams, section
+from metastases.params import training_section
 from metastases.training.dataset import Augmentation
 from metastases.training.runtime import autocast, configure_torch, prepare_model, resolve_precision
 
@@ -73,8 +73,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override train_<dim> keys")
     parser.add_argument("--trace", type=Path, help="write torch.profiler's Chrome trace here")
     args = parser.parse_args()
-    cls = TrainParams if args.dim == "2d" else Train3DParams
-    params = section(cls, f"train_{args.dim}", args.params)
+    params = training_section(args.dim, args.params)
     for item in args.set:
         key, _, value = item.partition("=")
         params = dataclasses.replace(params, **{key: type(getattr(params, key))(value)})

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage, stage_parser
-from metastases.evaluation.crossval import CrossValidateOutputs, run_cross_validation
+from metastases.evaluation.out_of_fold import CrossValidateOutputs, run_cross_validation
 from metastases.params import CrossValidateParams, section, train_sections
 
 

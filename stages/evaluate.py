@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.cli import add_both_models_arguments, configure_logging, run_stage, stage_parser
-from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
+from metastases.evaluation.held_out import EvaluateOutputs, run_evaluation
 from metastases.params import EvaluateParams, section, shared_seed, train_sections
 
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage, stage_parser
-from metastases.params import Train3DParams, TrainParams, section, shared_seed, volume_section
+from metastases.params import shared_seed, training_section, volume_section
 from metastases.processes import under_torchrun
-from metastases.training.workflow import TrainOutputs, launch_distributed, run_training
+from metastases.training.stage import TrainOutputs, launch_distributed, run_training
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -34,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="override train_<dim>.epochs (ad-hoc runs and tests)")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    cls = TrainParams if args.dim == "2d" else Train3DParams
-    params = section(cls, f"train_{args.dim}", args.params)
+    params = training_section(args.dim, args.params)
     if args.epochs is not None:
         params = dataclasses.replace(params, epochs=args.epochs)
     defaults = TrainOutputs.for_dim(args.dim)

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 from metastases.arrays import array_shape, build_arrays, load_index
-from metastases.demo_cohort.cohort import build_cohort
+from metastases.demo_cohort.build import build_cohort
 from metastases.errors import ParamsError, UserError
 from metastases.ingest import ingest_cohort
 from metastases.montage import sample_montage
-from metastases.params import IngestParams, TrainParams, VolumeParams, cpu_workers, from_mapping
+from metastases.params import IngestParams, TrainingParams, VolumeParams, cpu_workers, from_mapping
+from params_support import committed_params
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +24,14 @@ def interim(tmp_path_factory) -> Path:
     return root / "interim"
 
 
-@pytest.mark.parametrize(("layout", "shape"), [("2d", (60, 512, 512)), ("3d", (3, 20, 512, 512))])
-def test_512_geometry_gives_the_original_study_shapes(interim, tmp_path, layout, shape):
+@pytest.mark.parametrize(("dim", "shape"), [("2d", (60, 512, 512)), ("3d", (3, 20, 512, 512))])
+def test_512_geometry_gives_the_original_study_shapes(interim, tmp_path, dim, shape):
     params = VolumeParams(image_size=512)
-    index = build_arrays(interim, tmp_path / layout, params, layout)
-    assert array_shape(params, layout) == shape
+    index = build_arrays(interim, tmp_path / dim, params, dim)
+    assert array_shape(params, dim) == shape
     assert sorted(index["label"]) == [0, 1]
     for patient in index["patient"]:
-        array = np.load(tmp_path / layout / f"{patient}.npy", mmap_mode="r")
+        array = np.load(tmp_path / dim / f"{patient}.npy", mmap_mode="r")
         assert isinstance(array, np.memmap), "arrays must stream from disk"
         assert array.shape == shape and array.dtype == np.float16
         assert np.isfinite(array).all()
@@ -64,7 +65,7 @@ def test_stale_arrays_are_removed_and_index_matches_manifest(interim, tmp_path):
 
 def test_missing_manifest_says_to_run_ingest(tmp_path):
     with pytest.raises(UserError, match="run the ingest stage"):
-        build_arrays(tmp_path, tmp_path / "out", VolumeParams(), "2d")
+        build_arrays(tmp_path, tmp_path / "out", VolumeParams(image_size=32), "2d")
 
 
 def test_all_cores_write_the_same_bytes_as_one_worker(interim, tmp_path):
@@ -89,4 +90,6 @@ def test_workers_auto_or_zero_means_one_per_core():
     with pytest.raises(ParamsError, match=r"ingest.workers: a whole number >= 0 or auto"):
         from_mapping(IngestParams, "ingest", {"workers": "all"})
     with pytest.raises(ParamsError, match=r"train_2d.num_workers: a whole number >= 0 or auto"):
-        from_mapping(TrainParams, "train_2d", {"num_workers": -1})
+        from_mapping(
+            TrainingParams, "train_2d", {**committed_params()["train_2d"], "dim": "2d", "num_workers": -1}
+        )

@@ -22,16 +22,17 @@ from sklearn.metrics import roc_auc_score
 from metastases import benchmark
 from metastases.benchmark_folds import RESULT_FIELDS
 from metastases.errors import ParamsError
-from metastases.params import Train3DParams, TrainParams, train_sections
-from metastases.training.cohort import load_cohort
-from metastases.training.crossval import FoldResult, cross_validate
+from metastases.params import TrainingParams, train_sections
+from metastases.training.folds import FoldResult, train_folds
+from metastases.training.inputs import load_cohort
 
 sys.path.insert(0, str(Path(__file__).parent))
+from params_support import training_params
 from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ["cnn3d", "lenet3d:seed", "cnn2d:seed"]
-NAMES = ["cnn3d", "lenet3d (seed recipe)", "cnn2d (seed recipe)"]
+ROWS = ["cnn3d", "lenet3d:study", "cnn2d:study"]
+NAMES = ["cnn3d", "lenet3d (study recipe)", "cnn2d (study recipe)"]
 TIMING = ("cpu_seconds", "wall_seconds", "data_wait_share")
 
 
@@ -92,7 +93,7 @@ def test_rows_follow_the_models_with_their_recipes(two_seeds: dict[str, dict]) -
     assert same["batch_size"] == train_3d["batch_size"] and same["epochs"] == 1
     for row in rows[2:]:
         settings = row["settings"]
-        assert row["recipe"] == "seed"
+        assert row["recipe"] == "study"
         assert settings["lr"] == 1e-4 and settings["lr_schedule"] == "constant"
         assert settings["batch_size"] == 10 and settings["epochs"] == 1  # --epochs overrides 30 / 20
         assert settings["weight_decay"] == 0 and settings["noise_std"] == 0
@@ -115,7 +116,7 @@ def test_rows_follow_the_models_with_their_recipes(two_seeds: dict[str, dict]) -
         in lines[0]
     )
     assert [line.split(" | ")[0][2:] for line in lines[1:]] == [rows[0]["row"], *NAMES]
-    assert "| cnn2d (seed recipe) | seed: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
+    assert "| cnn2d (study recipe) | study: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
 
 
 def test_the_aggregate_is_mean_std_min_and_sum_over_seeds(two_seeds: dict[str, dict]) -> None:
@@ -167,9 +168,9 @@ def test_jobs_do_not_change_the_numbers(two_seeds: dict[str, dict]) -> None:
 
 
 def test_one_seed_shows_the_ci_and_the_seed_baselines(cohort: dict[str, Path], tmp_path: Path) -> None:
-    result = _run(cohort, tmp_path, jobs=1, seeds=1, rows=["alexnet2d:seed", "lenet3d"])
+    result = _run(cohort, tmp_path, jobs=1, seeds=1, rows=["alexnet2d:study", "lenet3d"])
     _, seed_row, row = result["rows"]
-    assert seed_row["row"] == "alexnet2d (seed recipe)" and seed_row["recipe"] == "seed"
+    assert seed_row["row"] == "alexnet2d (study recipe)" and seed_row["recipe"] == "study"
     assert seed_row["settings"]["lr"] == 1e-4 and seed_row["settings"]["lr_schedule"] == "constant"
     assert seed_row["settings"]["batch_size"] == 10 and seed_row["input_shape"] == [60, 64, 64]
     assert row["row"] == "lenet3d" and row["recipe"] == "params" and row["cv_auc_oof_std"] is None
@@ -179,7 +180,7 @@ def test_one_seed_shows_the_ci_and_the_seed_baselines(cohort: dict[str, Path], t
     table = (tmp_path / "benchmark.md").read_text()
     assert f"| {row['test_auc_mean']:.3f} [{low:.3f}, {high:.3f}] |" in table
     assert "| lenet3d | train_3d: lr" in table and "| held-out AUC [95% CI] |" in table
-    assert "| alexnet2d (seed recipe) | seed: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
+    assert "| alexnet2d (study recipe) | study: lr 0.0001 constant, batch 10, 1 ep | [60,64,64] |" in table
 
 
 def test_a_row_with_fewer_seeds_runs_those_seeds_only(
@@ -187,9 +188,9 @@ def test_a_row_with_fewer_seeds_runs_those_seeds_only(
 ) -> None:
     """``NAME@1`` in a two-seed benchmark: one run for that row, the same run (numbers and job key) as the
     first seed of the full row, marked in the table with its CI; the other row keeps both seeds."""
-    result = _run(cohort, tmp_path, jobs=1, seeds=2, rows=["cnn2d:seed@1", "cnn3d"])
+    result = _run(cohort, tmp_path, jobs=1, seeds=2, rows=["cnn2d:study@1", "cnn3d"])
     assert [(run["row"], run["seed"]) for run in result["runs"][1:]] == [
-        ("cnn2d (seed recipe)", 42), ("cnn3d", 42), ("cnn3d", 43)
+        ("cnn2d (study recipe)", 42), ("cnn3d", 42), ("cnn3d", 43)
     ]  # fmt: skip
     _, once, every = result["rows"]
     assert once["seeds"] == [42] and every["seeds"] == [42, 43]
@@ -201,7 +202,7 @@ def test_a_row_with_fewer_seeds_runs_those_seeds_only(
         assert run["cv_auc_oof"] == same["cv_auc_oof"] and run["test_auc"] == same["test_auc"]
     table = (tmp_path / "benchmark.md").read_text()
     low, high = once["test_auc_ci95"]
-    assert "| cnn2d (seed recipe) (seed 42 only) | seed: lr 0.0001 constant" in table
+    assert "| cnn2d (study recipe) (seed 42 only) | study: lr 0.0001 constant" in table
     assert f"| {once['test_auc_mean']:.3f} [{low:.3f}, {high:.3f}] |" in table
     assert "| cnn3d | train_3d" in table and "(mean ± std over seeds, min)" in table
 
@@ -211,7 +212,7 @@ def test_a_row_with_fewer_seeds_runs_those_seeds_only(
     [
         ("cnn2d", benchmark.RowSpec("cnn2d", "params")),
         ("cnn2d@2", benchmark.RowSpec("cnn2d", "params", 2)),
-        ("lenet3d:seed@1", benchmark.RowSpec("lenet3d", "seed", 1)),
+        ("lenet3d:study@1", benchmark.RowSpec("lenet3d", "study", 1)),
     ],
 )
 def test_row_syntax(text: str, expected: benchmark.RowSpec) -> None:
@@ -234,19 +235,19 @@ def test_resume_reuses_finished_runs_and_reruns_changed_ones(cohort: dict[str, P
         )  # fmt: skip
         return json.loads((tmp_path / "benchmark.json").read_text())
 
-    second = resume("--models", "cnn3d", "cnn2d:seed", "--epochs", "1", "--seeds", "2")
+    second = resume("--models", "cnn3d", "cnn2d:study", "--epochs", "1", "--seeds", "2")
     by_row_seed = {(run["row"], run.get("seed")): run for run in second["runs"][1:]}
     assert sorted(by_row_seed) == [
-        ("cnn2d (seed recipe)", 42),
-        ("cnn2d (seed recipe)", 43),
+        ("cnn2d (study recipe)", 42),
+        ("cnn2d (study recipe)", 43),
         ("cnn3d", 42),
         ("cnn3d", 43),
     ]
     # the finished run is taken as saved (its timings too: it was not trained again) ...
     assert by_row_seed[("cnn3d", 42)] == first["runs"][1]
-    assert [row["row"] for row in second["rows"][1:]] == ["cnn3d", "cnn2d (seed recipe)"]
+    assert [row["row"] for row in second["rows"][1:]] == ["cnn3d", "cnn2d (study recipe)"]
     # all done: nothing is trained again, with any --jobs
-    again = resume("--models", "cnn3d", "cnn2d:seed", "--epochs", "1", "--seeds", "2", "--jobs", "2")
+    again = resume("--models", "cnn3d", "cnn2d:study", "--epochs", "1", "--seeds", "2", "--jobs", "2")
     assert again["runs"][1:] == second["runs"][1:] and again["complete"] is True
     # ... and a changed setting (2 epochs) is a different run: nothing is reused
     third = resume("--models", "cnn3d", "--epochs", "2")
@@ -256,14 +257,14 @@ def test_resume_reuses_finished_runs_and_reruns_changed_ones(cohort: dict[str, P
 
 def test_runs_from_other_sittings_are_reused_by_job_key(cohort: dict[str, Path], tmp_path: Path) -> None:
     one = _run(cohort, tmp_path / "one", jobs=1, seeds=1, rows=["cnn3d"])
-    other = _run(cohort, tmp_path / "other", jobs=1, seeds=1, rows=["lenet3d:seed"])
+    other = _run(cohort, tmp_path / "other", jobs=1, seeds=1, rows=["lenet3d:study"])
     (tmp_path / "both").mkdir()
     benchmark.main(
         [
             "--params", str(cohort["params"]),
             "--data-2d", str(cohort["2d"]), "--data-3d", str(cohort["3d"]),
             "--splits", str(cohort["splits"]), "--threads", "1", "--epochs", "1",
-            "--models", "cnn3d", "lenet3d:seed",
+            "--models", "cnn3d", "lenet3d:study",
             "--out", str(tmp_path / "both/benchmark.md"), "--json", str(tmp_path / "both/benchmark.json"),
             "--runs-from", str(tmp_path / "one/benchmark.json"), str(tmp_path / "other/benchmark.json"),
         ]
@@ -271,7 +272,7 @@ def test_runs_from_other_sittings_are_reused_by_job_key(cohort: dict[str, Path],
     both = json.loads((tmp_path / "both/benchmark.json").read_text())
     # taken as saved, timings included: neither was trained again
     assert both["runs"][1:] == [one["runs"][1], other["runs"][1]] and both["complete"] is True
-    assert [row["row"] for row in both["rows"][1:]] == ["cnn3d", "lenet3d (seed recipe)"]
+    assert [row["row"] for row in both["rows"][1:]] == ["cnn3d", "lenet3d (study recipe)"]
 
 
 def test_runs_from_a_missing_or_foreign_file_is_one_error(cohort: dict[str, Path], tmp_path: Path) -> None:
@@ -326,9 +327,9 @@ def test_a_partial_table_is_written_after_every_run(cohort: dict[str, Path], tmp
 def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None:
     specs = [benchmark.parse_row(text) for text in benchmark.DEFAULT_ROWS]
     assert [spec.name for spec in specs] == [
-        "alexnet2d (seed recipe)", "alexnet2d", "cnn2d", "lenet3d (seed recipe)", "lenet3d", "cnn3d"
+        "alexnet2d (study recipe)", "alexnet2d", "cnn2d", "lenet3d (study recipe)", "lenet3d", "cnn3d"
     ]  # fmt: skip
-    base: dict[str, TrainParams] = {"2d": TrainParams(), "3d": Train3DParams()}
+    base: dict[str, TrainingParams] = {"2d": training_params("2d"), "3d": training_params("3d")}
     seed_2d, seed_3d = (benchmark.row_params(specs[i], base) for i in (0, 3))
     assert (seed_2d.epochs, seed_3d.epochs) == (30, 20)
     assert (seed_2d.lr, seed_2d.lr_schedule, seed_2d.batch_size, seed_2d.weight_decay) == (
@@ -353,13 +354,13 @@ def test_default_rows_pair_each_baseline_recipe_with_the_default_model() -> None
     [
         (["--jobs", "0"], SystemExit),
         (["--seeds", "0"], SystemExit),
-        (["--models", "cnn2d", "cnn2d:seed", "cnn2d"], SystemExit),
-        (["--models", "nonet:seed"], ParamsError),
+        (["--models", "cnn2d", "cnn2d:study", "cnn2d"], SystemExit),
+        (["--models", "nonet:study"], ParamsError),
         (["--models", "cnn2d", "cnn2d@1"], SystemExit),  # the same row twice
         (["--models", "cnn2d@2"], SystemExit),  # more seeds than --seeds (1)
         (["--models", "cnn2d@0"], ParamsError),
         (["--models", "cnn2d@"], ParamsError),
-        (["--models", "cnn2d:seed@x"], ParamsError),
+        (["--models", "cnn2d:study@x"], ParamsError),
     ],
 )
 def test_benchmark_refuses_bad_options(cohort: dict[str, Path], args: list[str], error: type) -> None:
@@ -389,12 +390,12 @@ def _numbers(run: dict) -> dict:
 
 def test_a_run_is_what_cross_validation_trains(cohort: dict[str, Path], two_seeds: dict[str, dict]) -> None:
     """The benchmark trains each fold model as a task of its own: the same fold models, to the last digit,
-    as the pipeline's cross_validate (so runs saved by either are the same runs)."""
+    as the pipeline's train_folds (so runs saved by either are the same runs)."""
     run = next(r for r in two_seeds["serial"]["runs"] if r.get("row") == "cnn3d" and r["seed"] == 42)
     params = benchmark.row_params(
         benchmark.parse_row("cnn3d"), train_sections(cohort["params"]), epochs=1, threads=1
     )
-    cv = cross_validate(load_cohort(cohort["3d"], cohort["splits"], "3d"), params, 42, torch.device("cpu"))
+    cv = train_folds(load_cohort(cohort["3d"], cohort["splits"], "3d"), params, 42, torch.device("cpu"))
     assert [f["auc"] for f in run["folds"]] == [f.auc for f in cv.folds]
     assert [f["train_loss"] for f in run["folds"]] == [f.train_loss for f in cv.folds]
     assert [f["init_seed"] for f in run["folds"]] == [f.seed for f in cv.folds]

@@ -68,7 +68,7 @@ _PIPELINE = textwrap.dedent(
     ingest_cohort(out / "raw", out / "interim", IngestParams(workers=1))
     fields = {f.name for f in dataclasses.fields(VolumeParams)}
     size = "image_size" if "image_size" in fields else "size"  # the field's name before/after a rename
-    params = dataclasses.replace(VolumeParams(), **{size: 32})
+    params = VolumeParams(**{size: 32})
     quiet = lambda items, **_: items
     build_arrays(out / "interim", out / "2d", params, "2d", workers=1, progress=quiet)
     if "crop" in fields:

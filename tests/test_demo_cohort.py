@@ -18,7 +18,7 @@ from metastases.demo_cohort import build_cohort, cohort_specs
 from metastases.demo_cohort.__main__ import main
 from metastases.demo_cohort.export import VENDORS
 from metastases.demo_cohort.lesions import Lesion
-from metastases.demo_cohort.patient import LPS_FROM_RAS, plan_patient, write_patient
+from metastases.demo_cohort.synthetic_patient import LPS_FROM_RAS, plan_patient, write_patient
 from metastases.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

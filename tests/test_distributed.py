@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 
 from metastases.errors import ParamsError
 from metastases.models import build_model
-from metastases.params import Train3DParams, TrainParams
 from metastases.training.checkpoint import FoldModel, load_ensemble
-from metastases.training.crossval import fold_seed
 from metastases.training.distributed import IGNORE_LABEL, MarkedSamples, RankBatches
+from metastases.training.folds import fold_seed
 from metastases.training.runtime import seed_everything
-from metastases.training.workflow import TrainOutputs, run_training
+from metastases.training.stage import TrainOutputs, run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
+from params_support import committed_params, training_params
 from synthetic_arrays import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
@@ -58,7 +58,7 @@ def _stage(
 ) -> subprocess.CompletedProcess:
     """stages/train.py as dvc repro runs it, with ``section`` as params train_<dim>."""
     params = tmp / f"params_{out.name}.yaml"
-    params.write_text(yaml.safe_dump({"seed": SEED, f"train_{dim}": section}))
+    params.write_text(yaml.safe_dump(committed_params(seed=SEED, **{f"train_{dim}": section})))
     outputs = _outputs(out)
     command = [
         sys.executable, str(ROOT / "stages/train.py"), "--dim", dim, "--params", str(params),
@@ -118,7 +118,7 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
     (an AMD EPYC, 2026-12-02), where the training losses still agreed to 1e-5."""
     # float32: the comparison is of float32 sums in another order (bfloat16's rounding is 2**-8, not 2**-24)
     section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003, "precision": "float32"}
-    reference = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section), SEED,
+    reference = run_training(cohort["3d"], cohort["splits"], training_params("3d", **section), SEED,
                              _outputs(tmp_path / "one"))  # fmt: skip
     result = _stage(tmp_path, "3d", {**section, "nproc": 2}, cohort, tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -151,10 +151,10 @@ def test_micro_batches_accumulate_the_whole_batch_gradient_alone_and_under_ddp(
     gradient's rounding reaches the weights: measured 1.6e-5), while training moved them by far more."""
     # float32: the comparison is of float32 sums in another order (bfloat16's rounding is 2**-8, not 2**-24)
     section = {**TINY, "model": "lenet3d", "epochs": 3, "lr": 0.003, "precision": "float32"}
-    reference = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section), SEED,
+    reference = run_training(cohort["3d"], cohort["splits"], training_params("3d", **section), SEED,
                              _outputs(tmp_path / "one"))  # fmt: skip
-    micro = run_training(cohort["3d"], cohort["splits"], Train3DParams(**section, micro_batch=1), SEED,
-                         _outputs(tmp_path / "micro"))  # fmt: skip
+    micro = run_training(cohort["3d"], cohort["splits"], training_params("3d", **section, micro_batch=1),
+                         SEED, _outputs(tmp_path / "micro"))  # fmt: skip
     result = _stage(tmp_path, "3d", {**section, "nproc": 2, "micro_batch": 1}, cohort, tmp_path / "ddp")
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp/train.json").read_text())
@@ -182,7 +182,7 @@ def test_two_gloo_processes_with_batch_norm_and_dropout_stay_within_a_seed_chang
     0.013 of each other. Bounds: training loss 0.15 (the seed change: 0.14), out-of-fold AUC 0.1 (one
     ordered pair of 36 is 0.028), each fold's validation loss 0.03."""
     section = {**TINY, "model": "cnn2d", "epochs": 4, "batch_size": 8}
-    reference = run_training(cohort["2d"], cohort["splits"], TrainParams(**section), SEED,
+    reference = run_training(cohort["2d"], cohort["splits"], training_params("2d", **section), SEED,
                              _outputs(tmp_path / "one"))  # fmt: skip
     result = _stage(tmp_path, "2d", {**section, "nproc": 2}, cohort, tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -236,13 +236,13 @@ def test_bfloat16_on_a_cpu_without_it_is_a_params_error_before_anything_trains(
 ) -> None:
     # this machine may have AVX-512 BF16: the CPU's answer is replaced by "no" (the one thing not real here)
     monkeypatch.setattr("metastases.training.runtime.native_bfloat16", lambda: False)
-    bfloat16 = Train3DParams(**{**TINY, "precision": "bfloat16"})
+    bfloat16 = training_params("3d", **{**TINY, "precision": "bfloat16"})
     with pytest.raises(
         ParamsError, match=r"^train_3d.precision: bfloat16 needs a CPU with AVX-512 BF16 or AMX"
     ):
         run_training(cohort["3d"], cohort["splits"], bfloat16, SEED, _outputs(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
-    auto = run_training(cohort["3d"], cohort["splits"], Train3DParams(**{**TINY, "epochs": 1}), SEED,
+    auto = run_training(cohort["3d"], cohort["splits"], training_params("3d", **{**TINY, "epochs": 1}), SEED,
                         _outputs(tmp_path / "auto"))  # fmt: skip
     assert auto["precision"] == "float32"  # auto: float32 on the CPU
 
@@ -268,7 +268,7 @@ def test_a_worker_killed_mid_training_ends_the_stage_with_one_line_and_nothing_w
     metrics or temporary file is left."""
     params = tmp_path / "params.yaml"
     section = {**TINY, "model": "lenet3d", "epochs": 400, "lr": 0.003, "nproc": 2}
-    params.write_text(yaml.safe_dump({"seed": SEED, "train_3d": section}))
+    params.write_text(yaml.safe_dump(committed_params(seed=SEED, train_3d=section)))
     out = tmp_path / "out"
     outputs = _outputs(out)
     command = [

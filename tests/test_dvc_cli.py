@@ -317,7 +317,12 @@ def test_metrics_diff_shows_changed_metrics_with_deltas(toy: Toy) -> None:
         assert float(change) == pytest.approx(new["2d"][metric] - old["2d"][metric], abs=1e-5)
         assert float(change) > 0  # more epochs, better toy 2D model
     assert ("metrics/evaluate.json", "3d.auc") not in rows  # unchanged: not listed
-    assert ("metrics/cv.json", "2d.auc_mean") in rows
+    old_cv = git_json(toy.repo, toy.base, "metrics/cv.json")["2d"]
+    new_cv = git_json(toy.repo, toy.head, "metrics/cv.json")["2d"]
+    assert [float(v) for v in rows[("metrics/cv.json", "2d.auc_mean")][:2]] == [
+        old_cv["auc_mean"],
+        new_cv["auc_mean"],
+    ]
     assert ("metrics/cv.json", "2d.fold0_auc") in rows  # per-fold AUCs are flat scalars too
     assert not any(name.startswith("2d.folds") for _, name in rows)  # per-fold lists stay out of the table
 
@@ -512,12 +517,12 @@ def test_report_pairs_the_predictions_of_both_revisions(toy: Toy) -> None:
 
 
 def _experiments(exp_show: list[dict]) -> dict[str, dict]:
-    """Experiment name -> its ``data`` (params, metrics) in ``dvc exp show --json``."""
+    """Experiment name -> its ``data`` (params, metrics; ``rev``: its commit) in ``dvc exp show --json``."""
     found = {}
     for baseline in exp_show:
         for experiment in baseline.get("experiments") or []:
             for rev in experiment["revs"]:
-                found[rev["name"]] = rev["data"]
+                found[rev["name"]] = {**rev["data"], "rev": rev["rev"]}
     return found
 
 
@@ -535,7 +540,12 @@ def test_exp_run_set_param_changes_metrics_and_exp_show_lists_them(toy: Toy) -> 
     assert _value(ep6, "params", "params.yaml", "train_3d.epochs") == 6
     head_auc = git_json(toy.repo, toy.head, "metrics/evaluate.json")["3d"]["auc"]
     assert _value(ep6, "metrics", "metrics/evaluate.json", "3d.auc") > head_auc
-    assert _value(ep6, "metrics", "metrics/cv.json", "3d.auc_mean") is not None
+    # exp show reports what the experiment's own commit holds (read from Git, not through DVC) ...
+    committed = git_json(toy.repo, ep6["rev"], "metrics/cv.json")["3d"]
+    assert _value(ep6, "metrics", "metrics/cv.json", "3d.auc_mean") == committed["auc_mean"]
+    assert _value(ep6, "metrics", "metrics/cv.json", "3d.oof_auc") == committed["oof_auc"]
+    # ... which is the new run's: 6 epochs separate the toy's 3D scores better than the head's 3
+    assert committed["oof_auc"] > git_json(toy.repo, toy.head, "metrics/cv.json")["3d"]["oof_auc"]
 
 
 def test_exp_queue_runs_queued_experiments(toy: Toy) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from metastases.demo_cohort import build_cohort, cohort_specs
 from metastases.demo_cohort.lesions import Lesion
-from metastases.demo_cohort.patient import lesion_truth, plan_patient, write_patient
+from metastases.demo_cohort.synthetic_patient import lesion_truth, plan_patient, write_patient
 from metastases.errors import UserError
 from metastases.evaluation.calibration import PlattScaling, brier
 from metastases.evaluation.evidence import Evidence, evidence_centre, lesions_in_view, peak_lps, pointing_game

@@ -15,9 +15,9 @@ import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from metastases.params import TrainParams, section
-from metastases.training.cohort import load_cohort
-from metastases.training.crossval import cross_validate
+from metastases.params import training_section
+from metastases.training.folds import train_folds
+from metastases.training.inputs import load_cohort
 from metastases.training.runtime import configure_torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,9 +52,9 @@ def default(cohort: dict[str, Path]) -> dict:
 
 
 def test_no_options_reproduce_cross_validation(cohort: dict[str, Path], default: dict) -> None:
-    params = section(TrainParams, "train_2d", cohort["params"])
+    params = training_section("2d", cohort["params"])
     configure_torch(True, 1, torch.device("cpu"))
-    cv = cross_validate(load_cohort(cohort["2d"], cohort["splits"], "2d"), params, 42, torch.device("cpu"))
+    cv = train_folds(load_cohort(cohort["2d"], cohort["splits"], "2d"), params, 42, torch.device("cpu"))
     oof = cv.out_of_fold
     explored = default
     assert explored["fold_auc"] == [round(fold.auc, 3) for fold in cv.folds]

@@ -14,10 +14,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
+from ingest_support import SeriesSpec, params, standard_specs, write_patient, write_series
 from metastases.dicom_writer import SeriesGeometry
 from metastases.ingest import MANIFEST_COLUMNS, ingest_cohort
 from metastases.params import SEQUENCES
-from test_ingest_support import SeriesSpec, params, standard_specs, write_patient, write_series
 
 
 def _by_position(folder: Path) -> list[Path]:

@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
+from ingest_support import IDENTITY, STUDY_DATE, SeriesSpec, params, standard_specs, write_patient
 from metastases.errors import UserError
 from metastases.ingest import ingest_cohort
-from test_ingest_support import IDENTITY, STUDY_DATE, SeriesSpec, params, standard_specs, write_patient
 
 REPO = Path(__file__).resolve().parents[1]
 

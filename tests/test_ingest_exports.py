@@ -19,9 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from metastases.errors import UserError
-from metastases.ingest import ingest_cohort
-from test_ingest_support import (
+from ingest_support import (
     SeriesSpec,
     expected_volume,
     params,
@@ -29,6 +27,8 @@ from test_ingest_support import (
     write_patient,
     write_series,
 )
+from metastases.errors import UserError
+from metastases.ingest import ingest_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 DERIVED = ("DERIVED", "SECONDARY", "MPR")

@@ -10,8 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
-from metastases.ingest import ingest_cohort
-from test_ingest_support import (
+from ingest_support import (
     SeriesSpec,
     expected_volume,
     params,
@@ -19,6 +18,7 @@ from test_ingest_support import (
     standard_specs,
     write_patient,
 )
+from metastases.ingest import ingest_cohort
 
 
 def _run(root: Path, tmp_path: Path, **overrides: object):

@@ -16,11 +16,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ingest_support import params
 from metastases.dicom_writer import SeriesGeometry, SeriesHeader, plane_geometry, write_classic_series
 from metastases.ingest import ingest_cohort
-from metastases.params import SEQUENCES, Volume3DParams, VolumeParams
+from metastases.params import SEQUENCES, VolumeParams
 from metastases.volumes import patient_tensor
-from test_ingest_support import params
 
 FOV = 40  # mm: a small "head" keeps a 1 mm isotropic series tiny
 DESCRIPTIONS = {"flair": "FLAIR", "t2": "T2 FSE", "t1c": "T1 +C"}
@@ -107,7 +107,7 @@ def test_non_axial_series_are_ingested_with_their_plane(interim: Path) -> None:
 
 @pytest.mark.parametrize(
     "volume_params",
-    [VolumeParams(image_size=32, depth=8, crop="none"), Volume3DParams(image_size=32, depth=8, crop="none")],
+    [VolumeParams(image_size=32, depth=8, crop="none")],
 )
 def test_sagittal_and_coronal_series_give_the_arrays_of_an_axial_acquisition(
     interim: Path, volume_params: VolumeParams

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ingest_support import params, standard_specs, write_patient
 from metastases.demo_cohort import build_cohort
 from metastases.errors import UserError
 from metastases.ingest import ingest_cohort
 from metastases.ingest.keys import DEMO_MARKER, SALT_ENV, is_demo_cohort, load_salt, looks_identifying
-from test_ingest_support import params, standard_specs, write_patient
 
 REPO = Path(__file__).resolve().parents[1]
 # Folder names as hospital exports write them: a medical record number, a DICOM person name, "Last, First".

@@ -6,7 +6,7 @@ from torch import nn
 
 from metastases.errors import ParamsError
 from metastases.models import MODELS, CompactCNN, SliceMIL, VolumeMIL, build_model, model_dim
-from metastases.models.lenet3d import SEED_KERNELS, scaled_kernel
+from metastases.models.lenet3d import STUDY_KERNELS, scaled_kernel
 
 SMALL_SHAPES = {"2d": (60, 64, 64), "3d": (3, 20, 32, 32)}
 
@@ -61,7 +61,7 @@ def test_lenet3d_is_the_seed_network_at_512() -> None:
 
 @pytest.mark.parametrize(("size", "kernels"), [(256, (16, 8, 4, 2)), (128, (8, 4, 2, 1)), (64, (4, 2, 1, 1))])
 def test_lenet3d_scales_in_plane_kernels_below_512(size: int, kernels: tuple[int, ...]) -> None:
-    assert tuple(scaled_kernel(k, size) for k in SEED_KERNELS) == kernels
+    assert tuple(scaled_kernel(k, size) for k in STUDY_KERNELS) == kernels
     model = build_model("lenet3d", (3, 20, size, size)).eval()
     assert _conv_kernels(model) == [(2, k, k) for k in kernels]
     with torch.no_grad():
@@ -174,7 +174,7 @@ def test_volume_mil_needs_one_stride_per_stage() -> None:
         VolumeMIL(3, channels=(8, 16, 32), strides=((1, 2, 2), (1, 2, 2)))
 
 
-def test_registry_rejects_unknown_names_and_wrong_layouts() -> None:
+def test_registry_rejects_unknown_names_and_wrong_dims() -> None:
     with pytest.raises(ParamsError, match="not one of"):
         build_model("vgg", (60, 64, 64))
     with pytest.raises(ParamsError, match="3d model"):

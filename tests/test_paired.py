@@ -1,7 +1,8 @@
 """DeLong's paired test and the paired bootstrap of metastases.evaluation.paired.
 
-Expected values are worked out by hand in the comments (fractions, then ``math``), or computed by a
-literal double loop over (positive, negative) pairs written here, never by the code under test.
+Expected values are worked out by hand in the comments (fractions, then ``math``), computed by a
+literal double loop over (positive, negative) pairs written here, or by the two-sample jackknife of
+scikit-learn's AUC (which equals DeLong's estimator), never by the code under test.
 """
 
 from __future__ import annotations
@@ -63,13 +64,60 @@ DELTA = AUC_B - AUC_A  # = -1/9
 Z = DELTA / math.sqrt(VAR_DIFF)  # = (-1/9) / (sqrt(29)/18) = -2/sqrt(29) = -0.37139...
 
 
-def test_hand_example_constants_are_consistent() -> None:
-    # the arithmetic in the comments, checked once more (floats of the fractions)
-    assert math.isclose(VAR_A, 5 / 81) and math.isclose(VAR_B, 7 / 108) and math.isclose(COV_AB, 1 / 54)
-    assert math.isclose(VAR_A + VAR_B - 2 * COV_AB, VAR_DIFF)
-    assert math.isclose(Z, -2 / math.sqrt(29))
-    assert math.isclose(AUC_A, roc_auc_score(LABELS, SCORES_A))
-    assert math.isclose(AUC_B, roc_auc_score(LABELS, SCORES_B))
+def _jackknife_covariance(labels: np.ndarray, *scores: np.ndarray) -> np.ndarray:
+    """Covariance of the AUCs of ``scores`` by the two-sample jackknife, with sklearn's AUC only.
+
+    Leave out one positive at a time (m pseudo-values) and one negative at a time (n), each sum of
+    products weighted (k - 1) / k. For the Mann-Whitney AUC this is exactly DeLong's estimator
+    (Arvesen 1969; DeLong, DeLong & Clarke-Pearson 1988, section 2): AUC without positive i is
+    (m AUC - V10[i]) / (m - 1), so its deviation from the mean is -(V10[i] - mean) / (m - 1). Nothing of
+    the structural components is computed here: an oracle independent of the code under test.
+    """
+    labels = np.asarray(labels)
+    parts = []
+    for cls in (1, 0):
+        members = np.flatnonzero(labels == cls)
+        k = len(members)
+        left_out = np.array(
+            [[roc_auc_score(np.delete(labels, i), np.delete(s, i)) for s in scores] for i in members]
+        )
+        deviations = left_out - left_out.mean(axis=0)
+        parts.append((k - 1) / k * deviations.T @ deviations)
+    return parts[0] + parts[1]
+
+
+def test_hand_example_agrees_with_the_jackknife_oracle() -> None:
+    # the hand-worked fractions, against an estimator computed another way (sklearn AUCs of subsets) ...
+    jackknife = _jackknife_covariance(LABELS, SCORES_A, SCORES_B)
+    np.testing.assert_allclose(jackknife, [[5 / 81, 1 / 54], [1 / 54, 7 / 108]])
+    assert jackknife[0, 0] + jackknife[1, 1] - 2 * jackknife[0, 1] == pytest.approx(29 / 324)
+    # ... and the code under test against both
+    _, covariance = delong_covariance(LABELS, np.vstack([SCORES_A, SCORES_B]))
+    np.testing.assert_allclose(covariance, jackknife)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_delong_paired_test_equals_the_jackknife_oracle(seed: int) -> None:
+    # unbalanced classes, ties within and across the classes, two correlated models
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat([0, 1], [23, 11]))
+    a = np.round(rng.normal(loc=0.7 * labels), 1)
+    b = np.round(0.6 * a + rng.normal(scale=0.8, size=34) + 0.4 * labels, 1)
+    jackknife = _jackknife_covariance(labels, a, b)
+    var_diff = jackknife[0, 0] + jackknife[1, 1] - 2 * jackknife[0, 1]
+    delta = roc_auc_score(labels, b) - roc_auc_score(labels, a)
+    result = delong_paired_test(labels, a, b)
+    assert result.delta == pytest.approx(delta)
+    assert result.se == pytest.approx(math.sqrt(var_diff))
+    assert result.z == pytest.approx(delta / math.sqrt(var_diff))
+    assert result.p_value == pytest.approx(two_sided_p(delta / math.sqrt(var_diff)))
+    assert (result.ci_low, result.ci_high) == (
+        pytest.approx(delta - Z975 * math.sqrt(var_diff)),
+        pytest.approx(delta + Z975 * math.sqrt(var_diff)),
+    )
+    _, covariance = delong_covariance(labels, np.vstack([a, b]))
+    np.testing.assert_allclose(covariance, jackknife, rtol=1e-10, atol=1e-15)
+    assert delong_roc_variance(labels, a)[1] == pytest.approx(jackknife[0, 0])
 
 
 def test_structural_components_match_the_hand_example() -> None:

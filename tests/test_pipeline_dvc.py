@@ -134,12 +134,66 @@ def test_no_identifying_header_value_reaches_any_output(repo):
             assert secret.encode() not in data, f"{secret!r} leaked into {path.relative_to(repo)}"
 
 
+def mann_whitney_auc(labels: pd.Series, scores: pd.Series) -> float:
+    """P(score of a positive > score of a negative), ties counting one half: a double loop over pairs."""
+    y, s = labels.to_numpy(), scores.to_numpy(dtype=float)
+    positives, negatives = s[y == 1], s[y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+COUNTED_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
+
+
+def counted_at(labels: pd.Series, scores: pd.Series, threshold: float) -> dict[str, float]:
+    """Accuracy, balanced accuracy, sensitivity, specificity, F1 by counting (``score >= threshold``)."""
+    y, called = labels.to_numpy() == 1, scores.to_numpy(dtype=float) >= threshold
+    tp, tn = int((y & called).sum()), int((~y & ~called).sum())
+    fp, fn = int((~y & called).sum()), int((y & ~called).sum())
+    sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
+    return pytest.approx(  # type: ignore[return-value]
+        {
+            "accuracy": (tp + tn) / len(y),
+            "balanced_accuracy": (sensitivity + specificity) / 2,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        }
+    )
+
+
+def check_metrics_against_predictions(
+    metrics: dict, labels: pd.Series, scores: pd.Series, auc_key: str
+) -> None:
+    assert set(labels) == {0, 1}
+    y, p = labels.to_numpy(dtype=float), scores.to_numpy(dtype=float)
+    assert ((p >= 0) & (p <= 1)).all()
+    brier = float(np.mean((p - y) ** 2))  # by hand: mean squared distance of probability and outcome
+    assert metrics["brier"] == pytest.approx(brier, abs=1e-6)
+    assert metrics[auc_key] == pytest.approx(mann_whitney_auc(labels, scores), abs=1e-9)
+
+
 def test_evaluation_explains_calibrates_and_writes_the_model_card_from_its_own_numbers(repo):
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     cv = json.loads((repo / "metrics/cv.json").read_text())
-    test = pd.read_csv(repo / "data/splits.csv").query("split == 'test'")
+    test = pd.read_csv(repo / "data/splits.csv", dtype={"patient": str}).query("split == 'test'")
+    held_out = pd.read_csv(repo / "metrics/predictions.csv", dtype={"patient": str})
+    out_of_fold = pd.read_csv(repo / "metrics/cv_predictions.csv", dtype={"patient": str})
     for dim in ("2d", "3d"):
-        assert 0 <= evaluate[dim]["brier"] <= 1 and 0 <= cv[dim]["brier"] <= 1
+        # every reported number is recomputed here by hand from the written predictions, which must be
+        # the test patients with their split labels
+        rows = held_out[held_out["model"] == dim].merge(test, on="patient", suffixes=("", "_split"))
+        assert len(rows) == len(test) == evaluate[dim]["test_patients"]
+        assert (rows["label"] == rows["label_split"]).all()
+        check_metrics_against_predictions(evaluate[dim], rows["label"], rows["score"], "auc")
+        at_half = {key: evaluate[dim][key] for key in COUNTED_METRICS}
+        assert at_half == counted_at(rows["label"], rows["score"], 0.5)
+        threshold = cv[dim]["threshold"]
+        assert evaluate[dim]["threshold"] == threshold
+        assert evaluate[dim]["at_cv_threshold"] == counted_at(rows["label"], rows["score"], threshold)
+        oof = out_of_fold[out_of_fold["model"] == dim]
+        assert len(oof) > 0 and set(oof["patient"]).isdisjoint(test["patient"])
+        check_metrics_against_predictions(cv[dim], oof["label"], oof["score"], "oof_auc")
         # the demo cohort has lesions.csv: both default models are scored on where they looked
         assert evaluate[dim]["localisation_patients"] == int(test["label"].sum())
         assert cv[dim]["localisation_patients"] > 0
@@ -190,6 +244,7 @@ def test_predict_gives_the_pipeline_score_for_a_renamed_shuffled_copy_of_a_test_
 def test_predict_scores_a_patient_generated_with_another_seed(repo, tmp_path):
     """Another generator seed and another geometry than the training cohort (matrices twice as large):
     preprocessing resamples, so the study is scored."""
+    cv = json.loads((repo / "metrics/cv.json").read_text())
     run([sys.executable, "-m", "metastases.demo_cohort", str(tmp_path / "other"), "--patients", "2", "--seed",
          "101", "--size-scale", "0.5", "--workers", "1"], repo)  # fmt: skip
     for patient in ("mts-1", "norma-1"):
@@ -197,9 +252,12 @@ def test_predict_scores_a_patient_generated_with_another_seed(repo, tmp_path):
         assert result.returncode == 0, result.stderr
         written = json.loads((tmp_path / patient / "prediction.json").read_text())
         assert set(written["models"]) == {"2d", "3d"}
-        for entry in written["models"].values():
+        for dim, entry in written["models"].items():
             assert 0 <= entry["probability"] <= 1
-            assert entry["decision"] in ("metastases", "normal")
+            # the threshold the cross-validate stage chose out of fold, and the decision taken at it
+            assert entry["threshold"] == pytest.approx(cv[dim]["threshold"])
+            called = "metastases" if entry["probability"] >= entry["threshold"] else "normal"
+            assert entry["decision"] == called
             assert len(entry["strongest_evidence"]["lps_mm"]) == 3
 
 

@@ -15,14 +15,14 @@ from synthetic_arrays import write_cohort
 pytestmark = pytest.mark.slow  # a training subprocess measured for memory: make test, not make test-fast
 
 CHILD = """
-import json, resource, sys
+import dataclasses, json, resource, sys
 from pathlib import Path
-from metastases.params import Train3DParams
-from metastases.training.workflow import TrainOutputs, run_training
+from metastases.params import training_section
+from metastases.training.stage import TrainOutputs, run_training
 
 root = Path(sys.argv[1])
-params = Train3DParams(model="lenet3d", epochs=1, batch_size=4, threads=1, num_workers=0, device="cpu",
-                       restarts=0, parallel_folds=1)
+params = dataclasses.replace(training_section("3d", sys.argv[2]), model="lenet3d", epochs=1, batch_size=4,
+                             threads=1, num_workers=0, device="cpu", restarts=0, parallel_folds=1)
 outputs = TrainOutputs(model=root / "m.pt", metrics=root / "m.json", curves=root / "c.csv",
                        png=root / "l.png", timing=root / "t.json")
 run_training(root / "processed/3d", root / "splits.csv", params, 42, outputs)
@@ -34,7 +34,11 @@ print(json.dumps({"after_kib": after}))
 def _peak_rss_training(root: Path) -> int:
     """Peak resident bytes of a fresh process that trains lenet3d's fold models on ``root`` (one epoch)."""
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(root)], capture_output=True, text=True, check=False, timeout=300
+        [sys.executable, "-c", CHILD, str(root), str(Path(__file__).parents[1] / "params.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return int(json.loads(result.stdout.strip().splitlines()[-1])["after_kib"]) * 1024  # KiB on Linux

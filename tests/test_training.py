@@ -12,20 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from metastases.errors import UserError
-from metastases.evaluation.crossval import CrossValidateOutputs, run_cross_validation
+from metastases.evaluation.held_out import EvaluateOutputs, run_evaluation
 from metastases.evaluation.metrics import youden_threshold
-from metastases.evaluation.workflow import EvaluateOutputs, run_evaluation
-from metastases.params import CrossValidateParams, EvaluateParams, Train3DParams, TrainParams
+from metastases.evaluation.out_of_fold import CrossValidateOutputs, run_cross_validation
+from metastases.params import CrossValidateParams, EvaluateParams
 from metastases.training.checkpoint import load_ensemble
-from metastases.training.cohort import load_cohort
-from metastases.training.crossval import chance_loss, has_learned
-from metastases.training.dataset import Augmentation, PatientArrays
-from metastases.training.workflow import TrainOutputs, run_training
+from metastases.training.dataset import PatientArrays
+from metastases.training.folds import chance_loss, has_learned
+from metastases.training.inputs import load_cohort
+from metastases.training.stage import TrainOutputs, run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
+from params_support import augmentation, committed_params, training_params
 from synthetic_arrays import write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ TINY = {
     "epochs": 2, "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu",
     "restarts": 0, "parallel_folds": 1,
 }  # fmt: skip
-PARAMS = {"2d": TrainParams(**TINY), "3d": Train3DParams(**TINY)}
+PARAMS = {"2d": training_params("2d", **TINY), "3d": training_params("3d", **TINY)}
 SEED = 42
 SHAPES = {"2d": (60, 32, 32), "3d": (3, 20, 32, 32)}
 
@@ -70,7 +72,12 @@ def _copy_without(cohort: dict[str, Path], root: Path, drop_split: str) -> dict[
 
 def test_augmentation_is_seeded_per_sample_and_epoch(cohort: dict[str, Path]) -> None:
     patients = pd.read_csv(cohort["2d"] / "index.csv", dtype={"patient": str}).head(2)
-    dataset = PatientArrays(cohort["2d"], patients, Augmentation(0.5, 0.5, 0.1, 0.1, 0.0, 0.0), seed=3)
+    dataset = PatientArrays(
+        cohort["2d"],
+        patients,
+        augmentation(flip_horizontal=0.5, flip_vertical=0.5, noise_std=0.1, intensity_shift=0.1),
+        seed=3,
+    )
     first = dataset[0][0]
     assert first.dtype == torch.float32 and first.shape == (60, 32, 32)
     assert torch.equal(first, dataset[0][0])
@@ -84,13 +91,13 @@ def test_augmentation_is_seeded_per_sample_and_epoch(cohort: dict[str, Path]) ->
 def test_flip_and_per_sequence_shift_act_as_specified(cohort: dict[str, Path]) -> None:
     stored = np.load(next(cohort["3d"].glob("*.npy"))).astype(np.float32)
     rng = np.random.default_rng(0)
-    flipped = Augmentation(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)(stored, rng).numpy()
+    flipped = augmentation(flip_horizontal=1.0)(stored, rng).numpy()
     assert np.array_equal(flipped, stored[..., ::-1])
-    shifted = Augmentation(0.0, 0.0, 0.0, 0.2, 0.0, 0.0)(stored, rng).numpy()
+    shifted = augmentation(intensity_shift=0.2)(stored, rng).numpy()
     offsets = (shifted - stored).reshape(3, -1)
     assert np.allclose(offsets, offsets[:, :1], atol=1e-6)  # one offset per sequence
     assert np.all(np.abs(offsets[:, 0]) <= 0.2) and len(set(np.round(offsets[:, 0], 6))) == 3
-    noisy = Augmentation(0.0, 0.0, 0.5, 0.0, 0.0, 0.0)(stored, rng).numpy()
+    noisy = augmentation(noise_std=0.5)(stored, rng).numpy()
     assert (noisy - stored).std() == pytest.approx(0.5, rel=0.05)
 
 
@@ -98,7 +105,7 @@ def test_training_twice_gives_identical_metrics_and_curves(cohort: dict[str, Pat
     runs = []
     # the speed-only settings: loader workers, fold processes (auto: one per core), none changes a byte
     for name, workers, folds in (("a", 0, 1), ("b", 0, 1), ("c", 1, 1), ("d", 0, 2), ("e", 2, "auto")):
-        params = TrainParams(**{**TINY, "num_workers": workers, "parallel_folds": folds})
+        params = training_params("2d", **{**TINY, "num_workers": workers, "parallel_folds": folds})
         outputs = _outputs(tmp_path / name, "2d")
         runs.append(run_training(cohort["2d"], cohort["splits"], params, SEED, outputs))
         assert json.loads(outputs.metrics.read_text()) == runs[-1]
@@ -241,7 +248,9 @@ def test_a_fold_or_split_with_one_class_is_refused(cohort: dict[str, Path], tmp_
 
 def test_a_checkpoint_that_does_not_match_params_is_refused(cohort: dict[str, Path], tmp_path: Path) -> None:
     outputs = _outputs(tmp_path, "3d")
-    run_training(cohort["3d"], cohort["splits"], Train3DParams(**{**TINY, "epochs": 1}), SEED, outputs)
+    run_training(
+        cohort["3d"], cohort["splits"], training_params("3d", **{**TINY, "epochs": 1}), SEED, outputs
+    )
     with pytest.raises(UserError, match=r"params ask for 3d 'lenet3d'.*train-3d"):
         load_ensemble(outputs.model, "lenet3d", "3d", (3, 20, 32, 32), "train-3d")
     with pytest.raises(UserError, match="shape"):
@@ -253,7 +262,7 @@ def test_a_checkpoint_that_does_not_match_params_is_refused(cohort: dict[str, Pa
 
 def test_stage_script_prints_one_error_line_and_exits_non_zero(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("seed: 1\ntrain_2d:\n  model: cnn3d\n")
+    params.write_text(yaml.safe_dump(committed_params(seed=1, train_2d={"model": "cnn3d"})))
     result = subprocess.run(
         [sys.executable, str(ROOT / "stages/train.py"), "--dim", "2d", "--params", str(params)],
         capture_output=True, text=True, cwd=tmp_path, check=False,
@@ -269,7 +278,8 @@ def test_each_default_model_learns_a_blob_present_or_absent(tmp_path: Path, dim:
     """A model that cannot learn at all fails here: 16 easy patients (bright blobs in FLAIR and T1+C in
     the positives), a few epochs, and the default model of params.yaml must separate its training set."""
     easy = write_cohort(tmp_path, patients=16, size_2d=32, size_3d=32, folds=2, contrast=4.0, seed=5)
-    params = (TrainParams if dim == "2d" else Train3DParams)(
+    params = training_params(
+        dim,
         **{
             **TINY,
             "epochs": 12,
@@ -278,13 +288,13 @@ def test_each_default_model_learns_a_blob_present_or_absent(tmp_path: Path, dim:
             "intensity_shift": 0.0,
             "rotate_degrees": 0.0,
             "scale": 0.0,
-        }
+        },
     )
     cohort = load_cohort(easy[dim], easy["splits"], dim)
     train = cohort.part("train")
     from metastases.training.loop import fit
 
-    fitted = fit(easy[dim], train, train, params, params.epochs, SEED, torch.device("cpu"),
+    fitted = fit(easy[dim], train, train, params, SEED, torch.device("cpu"),
                  cohort.sample_shape(train), "overfit")  # fmt: skip
     assert fitted.epochs[-1].val_auc == 1.0, fitted.epochs[-1]
     assert fitted.epochs[-1].train_loss < 0.5 * np.log(2)
@@ -294,7 +304,7 @@ def test_a_model_stuck_at_chance_is_retried_then_flagged_and_left_out(
     cohort: dict[str, Path], tmp_path: Path
 ) -> None:
     # a learning rate this small cannot move the weights: every fold model stays at chance
-    stuck = Train3DParams(**{**TINY, "lr": 1e-9, "restarts": 1})
+    stuck = training_params("3d", **{**TINY, "lr": 1e-9, "restarts": 1})
     outputs = _outputs(tmp_path, "3d")
     metrics = run_training(cohort["3d"], cohort["splits"], stuck, SEED, outputs)
     assert metrics["learned"] is False and metrics["folds_not_learned"] == 3
@@ -322,7 +332,9 @@ def test_a_model_that_separates_its_training_patients_under_heavy_noise_is_not_f
     # heavy noise keeps the augmented training loss near or above chance while the model, scored on its
     # own training patients without augmentation, separates them: the loss under augmentation misjudged it
     easy = write_cohort(tmp_path / "easy", patients=16, size_2d=32, size_3d=32, folds=3, contrast=3.0)
-    noisy = Train3DParams(**{**TINY, "epochs": 10, "noise_std": 2.0, "rotate_degrees": 30.0, "scale": 0.2})
+    noisy = training_params(
+        "3d", **{**TINY, "epochs": 10, "noise_std": 2.0, "rotate_degrees": 30.0, "scale": 0.2}
+    )
     metrics = run_training(easy["3d"], easy["splits"], noisy, SEED, _outputs(tmp_path, "3d"))
     folds = [metrics[f"fold{k}"] for k in range(3)]
     assert max(f["train_loss"] for f in folds) >= 0.9 * np.log(2)  # the old criterion would flag it
@@ -336,7 +348,7 @@ def test_the_2d_default_finds_a_lesion_that_sits_in_one_slice_of_twenty(tmp_path
     cohort = write_cohort(
         tmp_path, patients=24, size_2d=32, size_3d=32, folds=3, contrast=3.0, lesion_slices=1
     )
-    params = TrainParams(**{**TINY, "epochs": 15})
+    params = training_params("2d", **{**TINY, "epochs": 15})
     metrics = run_training(cohort["2d"], cohort["splits"], params, SEED, _outputs(tmp_path, "2d"))
     assert params.model == "cnn2d" and metrics["oof_auc"] >= 0.9
     volume = np.load(next((tmp_path / "processed/3d").glob("mts-*.npy"))).astype(np.float32)
@@ -347,7 +359,7 @@ def test_the_2d_default_finds_a_lesion_that_sits_in_one_slice_of_twenty(tmp_path
 def test_a_flip_through_the_resampling_is_the_exact_mirror_image(cohort: dict[str, Path]) -> None:
     stored = np.load(next(cohort["2d"].glob("*.npy")))
     # a rotation range this small draws a (practically) zero angle, but takes the resampling path
-    mirrored = Augmentation(1.0, 1.0, 0.0, 0.0, rotate_degrees=1e-9, scale=0.0)(
+    mirrored = augmentation(flip_horizontal=1.0, flip_vertical=1.0, rotate_degrees=1e-9)(
         stored, np.random.default_rng(0)
     )
     assert np.allclose(mirrored.numpy(), stored[..., ::-1, ::-1].astype(np.float32), atol=1e-5)
@@ -355,7 +367,7 @@ def test_a_flip_through_the_resampling_is_the_exact_mirror_image(cohort: dict[st
 
 def test_noise_differs_between_samples_and_is_the_same_run_after_run(cohort: dict[str, Path]) -> None:
     stored = np.load(next(cohort["3d"].glob("*.npy"))).astype(np.float32)
-    noisy = Augmentation(0.0, 0.0, 0.3, 0.0, 0.0, 0.0)
+    noisy = augmentation(noise_std=0.3)
     first = noisy(stored, np.random.default_rng(1), 7).numpy() - stored
     second = noisy(stored, np.random.default_rng(2), 7).numpy() - stored
     assert first.std() == pytest.approx(0.3, rel=0.05) and second.std() == pytest.approx(0.3, rel=0.05)
@@ -367,7 +379,7 @@ def test_rotation_and_scale_move_the_anatomy_alike_in_every_slice_and_keep_the_b
     size = 64
     sample = np.full((3, 4, size, size), -1.0, dtype=np.float32)  # background -1 (z-scored air)
     sample[:, :, 16, 44] = 5.0  # one bright voxel off-centre, in every sequence and slice
-    augment = Augmentation(0.0, 0.0, 0.0, 0.0, rotate_degrees=30.0, scale=0.0)
+    augment = augmentation(rotate_degrees=30.0)
     out = augment(sample, np.random.default_rng(1)).numpy()
     draws = np.random.default_rng(1)
     draws.random(), draws.random()  # the two flip draws come first

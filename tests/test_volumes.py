@@ -13,12 +13,12 @@ from metastases.volumes import (
     normalise,
     patient_tensor,
     sample,
-    seed_depth_indices,
+    study_depth_indices,
 )
 
 
 def test_seed_rule_10_slices_repeats_only_the_two_middle_slices():
-    indices = seed_depth_indices(10)
+    indices = study_depth_indices(10)
     assert len(indices) == 20
     assert list(indices[:4]) == [0, 1, 2, 3] and list(indices[-4:]) == [6, 7, 8, 9]
     assert np.all(np.diff(indices) >= 0), "the head must stay in order"
@@ -28,15 +28,15 @@ def test_seed_rule_10_slices_repeats_only_the_two_middle_slices():
 
 
 def test_seed_rule_20_slices_is_identity():
-    assert list(seed_depth_indices(20)) == list(range(20))
+    assert list(study_depth_indices(20)) == list(range(20))
 
 
 def test_seed_rule_30_slices_is_centre_crop():
-    assert list(seed_depth_indices(30)) == list(range(5, 25))
+    assert list(study_depth_indices(30)) == list(range(5, 25))
 
 
 def test_seed_rule_50_slices_takes_thirds_and_middle():
-    indices = list(seed_depth_indices(50))
+    indices = list(study_depth_indices(50))
     # 50 // 3 = 16, 50 // 2 = 25, 2 * 50 // 3 = 33
     assert indices[:6] == [16, 17, 18, 19, 20, 21]
     assert indices[6:14] == [21, 22, 23, 24, 25, 26, 27, 28]
@@ -45,12 +45,12 @@ def test_seed_rule_50_slices_takes_thirds_and_middle():
 
 @pytest.mark.parametrize("n_slices", [1, 7, 19, 20, 33, 40, 41, 48, 90])
 def test_seed_rule_always_gives_20_valid_indices(n_slices):
-    indices = seed_depth_indices(n_slices)
+    indices = study_depth_indices(n_slices)
     assert len(indices) == 20 and indices.min() >= 0 and indices.max() < n_slices
 
 
 def test_resample_mode_spans_the_whole_head_linearly():
-    positions = depth_positions(40, VolumeParams(depth_mode="resample"))
+    positions = depth_positions(40, VolumeParams(image_size=128, depth_mode="resample"))
     assert len(positions) == 20 and positions[0] == 0 and positions[-1] == 39
     assert np.allclose(np.diff(positions), 39 / 19)
 
@@ -109,7 +109,7 @@ def test_512_output_from_a_256_reference(tmp_path):
 
 @pytest.mark.parametrize(
     ("values", "message"),
-    [({"size": 16}, "size"), ({"depth_mode": "nearest"}, "depth_mode"), ({"colour": 1}, "unknown")],
+    [({"size": 16}, "size"), ({"image_size": 64, "depth_mode": "nearest"}, "depth_mode"), ({"image_size": 64, "depth_mode": "seed"}, "now called .study."), ({"colour": 1}, "unknown")],
 )
 def test_bad_volume_params_fail_with_one_clear_line(values, message):
     with pytest.raises(ParamsError, match=message) as excinfo:

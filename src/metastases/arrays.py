@@ -25,7 +25,7 @@ from metastases.volumes import GridGeometry, patient_tensor_and_grid
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("2d", "3d")
+DIMS = ("2d", "3d")
 """``2d``: ``[3 * depth, S, S]`` (sequences x slices as channels); ``3d``: ``[3, depth, S, S]``."""
 
 
@@ -44,8 +44,8 @@ def read_manifest(interim_dir: Path) -> pd.DataFrame:
     return ready
 
 
-def _shape(layout: str, array: np.ndarray) -> np.ndarray:
-    return array.reshape(-1, *array.shape[2:]) if layout == "2d" else array
+def _shape(dim: str, array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1, *array.shape[2:]) if dim == "2d" else array
 
 
 GEOMETRY_FILE = "geometry.json"
@@ -54,12 +54,12 @@ a location the model points at can be compared with lesions given in patient coo
 
 
 def _build_one(args: tuple[str, dict[str, Path], VolumeParams, str, Path]) -> tuple[str, GridGeometry]:
-    patient, paths, params, layout, out_dir = args
+    patient, paths, params, dim, out_dir = args
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise UserError(f"patient {patient}: volume file(s) missing: {', '.join(missing)}; rerun ingest")
     tensor, geometry = patient_tensor_and_grid(paths, params)
-    save_npy(out_dir / f"{patient}.npy", _shape(layout, tensor).astype(np.float16))
+    save_npy(out_dir / f"{patient}.npy", _shape(dim, tensor).astype(np.float16))
     return patient, geometry
 
 
@@ -67,17 +67,17 @@ def build_arrays(
     interim_dir: Path,
     out_dir: Path,
     params: VolumeParams,
-    layout: str,
+    dim: str,
     workers: int = 1,
     progress: Callable[..., Iterable[Any]] = tqdm,
 ) -> pd.DataFrame:
     """Write one array per ready patient into a fresh ``out_dir`` plus ``index.csv`` (patient, label) and
     ``geometry.json`` (patient -> :class:`GridGeometry`).
 
-    Returns the index. ``layout`` is ``2d`` or ``3d`` (see :data:`LAYOUTS`).
+    Returns the index. ``dim`` is ``2d`` or ``3d`` (see :data:`DIMS`).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}")
+    if dim not in DIMS:
+        raise ValueError(f"dim must be one of {DIMS}")
     manifest = read_manifest(interim_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)  # stale patients from an earlier cohort must not linger
@@ -87,27 +87,27 @@ def build_arrays(
             row.patient,
             {s: interim_dir / getattr(row, f"{s}_file") for s in SEQUENCES},
             params,
-            layout,
+            dim,
             out_dir,
         )
         for row in manifest.itertuples()
     ]
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
         done: list[tuple[str, GridGeometry]] = list(
-            progress(pool.map(_build_one, jobs), total=len(jobs), desc=f"{layout} arrays", unit="patient")
+            progress(pool.map(_build_one, jobs), total=len(jobs), desc=f"{dim} arrays", unit="patient")
         )
     index = pd.DataFrame(
         {"patient": [p for p, _ in done], "label": [CLASSES.index(label) for label in manifest["label"]]}
     )
     write_json(out_dir / GEOMETRY_FILE, {patient: geometry.to_json() for patient, geometry in done})
     write_csv(out_dir / "index.csv", index)
-    log.info("wrote %d %s arrays of shape %s to %s", len(index), layout, array_shape(params, layout), out_dir)
+    log.info("wrote %d %s arrays of shape %s to %s", len(index), dim, array_shape(params, dim), out_dir)
     return index
 
 
-def array_shape(params: VolumeParams, layout: str) -> tuple[int, ...]:
+def array_shape(params: VolumeParams, dim: str) -> tuple[int, ...]:
     depth_by_sequence = (len(SEQUENCES), params.depth)
-    channels = (len(SEQUENCES) * params.depth,) if layout == "2d" else depth_by_sequence
+    channels = (len(SEQUENCES) * params.depth,) if dim == "2d" else depth_by_sequence
     return (*channels, params.image_size, params.image_size)
 
 

@@ -11,16 +11,16 @@ arrays that already exist::
     python -m metastases.benchmark --data-2d DIR/2d --data-3d DIR/3d --splits DIR/splits.csv --out T.md
 
 Rows (``--models``, in the order given): ``NAME`` trains model NAME with the settings of params.yaml's
-``train_<dim>`` section (model swapped, the same recipe for every model of a kind); ``NAME:seed`` trains
-it with the original study's optimiser settings instead ("seed recipe": Adam lr 1e-4 constant, batch 10,
+``train_<dim>`` section (model swapped, the same recipe for every model of a kind); ``NAME:study`` trains
+it with the original study's optimiser settings instead ("study recipe": Adam lr 1e-4 constant, batch 10,
 30 epochs for 2D / 20 for 3D, weight decay 0, noise 0, intensity shift 0, no rotation or scaling, no
 restarts; flips as params.yaml says). The default compares each baseline in both recipes with the default
-model of its kind: ``alexnet2d:seed@1 alexnet2d@1 cnn2d lenet3d:seed lenet3d@1 cnn3d``. The first row is
+model of its kind: ``alexnet2d:study@1 alexnet2d@1 cnn2d lenet3d:study lenet3d@1 cnn3d``. The first row is
 always a trivial reference: a logistic regression on per-sequence intensity histograms, cross-validated
 over the same folds and refitted on the whole training split for the held-out column; if it scores like
 the CNNs, the cohort is too easy to tell the models apart.
 
-Every CNN row is what the pipeline does: ``cross_validate`` trains one model per fold (K models, each on
+Every CNN row is what the pipeline does: ``train_folds`` trains one model per fold (K models, each on
 the other K-1 folds, with ``restarts``); their out-of-fold scores give the pooled CV AUC and the per-fold
 AUCs; the mean of the fold models that learned (all K if none did) scores the test split (held-out AUC
 with a bootstrap CI). Nothing is trained twice. ``not learned`` counts fold models whose training loss
@@ -30,8 +30,8 @@ never left chance, even after the restarts.
 params.yaml; the split and the bootstrap seed stay fixed) and reports per row the mean ± std (ddof 1)
 over seeds of the out-of-fold AUC and of the held-out AUC, their minimum, the fold AUCs pooled over
 seeds, and the total count of fold models that never learned. A row written ``NAME@N`` (or
-``NAME:seed@N``) runs for the first N of those seeds only and is marked so in the table: the default
-measures the slow seed baselines once (``alexnet2d:seed@1 alexnet2d@1``, ``lenet3d@1``), since they cost
+``NAME:study@N``) runs for the first N of those seeds only and is marked so in the table: the default
+measures the slow study baselines once (``alexnet2d:study@1 alexnet2d@1``, ``lenet3d@1``), since they cost
 hours a seed on 2 cores. The JSON holds the per-seed runs (``runs``) and the aggregated rows (``rows``);
 the markdown holds the aggregated table.
 
@@ -65,12 +65,12 @@ from metastases.arrays import build_arrays, load_geometry, read_manifest
 from metastases.atomic import write_csv, write_json, write_text
 from metastases.benchmark_folds import FoldTask, TrainedFold, cpu_seconds, fold_tasks, load_fold, run_folds
 from metastases.cli import configure_logging, run_stage
-from metastases.demo_cohort.cohort import build_cohort
+from metastases.demo_cohort.build import build_cohort
 from metastases.errors import ParamsError
-from metastases.evaluation.crossval import out_of_fold_evidence
 from metastases.evaluation.evidence import pointing_game
+from metastases.evaluation.held_out import explain
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at
-from metastases.evaluation.workflow import explain
+from metastases.evaluation.out_of_fold import out_of_fold_evidence
 from metastases.ingest import ingest_cohort
 from metastases.lesion_truth import read_lesions
 from metastases.models import model_dim
@@ -79,7 +79,7 @@ from metastases.params import (
     EvaluateParams,
     IngestParams,
     SplitParams,
-    TrainParams,
+    TrainingParams,
     section,
     shared_seed,
     train_sections,
@@ -87,9 +87,9 @@ from metastases.params import (
 )
 from metastases.splits import make_splits
 from metastases.training.checkpoint import Ensemble, FoldModel
-from metastases.training.cohort import Cohort, load_cohort
-from metastases.training.crossval import FoldResult
 from metastases.training.dataset import PatientArrays
+from metastases.training.folds import FoldResult
+from metastases.training.inputs import Cohort, load_cohort
 from metastases.training.loop import Timing, make_loader, predict
 from metastases.training.runtime import configure_torch, resolve_device
 
@@ -102,14 +102,14 @@ BENCHMARK_PATIENTS = 240
 BENCHMARK_COHORT_SEED = 11
 """The benchmark cohort: same generator as the demo cohort (60 patients, seed 7), another seed."""
 
-DEFAULT_ROWS = ("alexnet2d:seed@1", "alexnet2d@1", "cnn2d", "lenet3d:seed", "lenet3d@1", "cnn3d")
-"""``--models`` default: each baseline in the seed recipe and in params' recipe, then the default model.
+DEFAULT_ROWS = ("alexnet2d:study@1", "alexnet2d@1", "cnn2d", "lenet3d:study", "lenet3d@1", "cnn3d")
+"""``--models`` default: each baseline in the study recipe and in params' recipe, then the default model.
 The slow baselines cost hours a seed on 2 cores, so they are measured once (``@1``); the defaults and the
-cheap LeNet-3D seed recipe get every training seed."""
+cheap LeNet-3D study recipe get every training seed."""
 
-SEED_SUFFIX = ":seed"
+STUDY_SUFFIX = ":study"
 
-SEED_RECIPE: dict[str, Any] = {
+STUDY_RECIPE: dict[str, Any] = {
     "lr": 1e-4,
     "lr_schedule": "constant",
     "batch_size": 10,
@@ -122,9 +122,9 @@ SEED_RECIPE: dict[str, Any] = {
 }
 """The original study's optimiser and augmentation settings (Adam is the only optimiser; the study flipped
 left-right and added noise on raw intensities, nothing else) and its single training per model (no
-restarts: a fold model at chance is counted, not retried); epochs in :data:`SEED_EPOCHS`."""
+restarts: a fold model at chance is counted, not retried); epochs in :data:`STUDY_EPOCHS`."""
 
-SEED_EPOCHS = {"2d": 30, "3d": 20}
+STUDY_EPOCHS = {"2d": 30, "3d": 20}
 
 RECORDED_SETTINGS = (
     "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "restarts",
@@ -154,8 +154,8 @@ class BenchmarkData:
     def splits(self) -> Path:
         return self.root / "splits.csv"
 
-    def arrays(self, layout: str) -> Path:
-        return self.root / layout
+    def arrays(self, dim: str) -> Path:
+        return self.root / dim
 
 
 def build_benchmark_data(
@@ -186,9 +186,9 @@ def build_benchmark_data(
         shared_seed(params_path),
     )
     write_csv(data.splits, splits)
-    for layout, name in (("2d", "slice_2d"), ("3d", "stack_3d")):
+    for dim, name in (("2d", "slice_2d"), ("3d", "stack_3d")):
         params = volume_section(name, params_path)
-        build_arrays(data.interim, data.arrays(layout), params, layout, workers=workers)
+        build_arrays(data.interim, data.arrays(dim), params, dim, workers=workers)
 
 
 @dataclass(frozen=True)
@@ -198,13 +198,13 @@ class RowSpec:
 
     model: str
     recipe: str
-    """``params`` (params.yaml's ``train_<dim>``) or ``seed`` (the original study's settings)."""
+    """``params`` (params.yaml's ``train_<dim>``) or ``study`` (the original study's settings)."""
     seeds: int | None = None
     """``@N``: only the first N training seeds (a slow row measured once); ``None``: every seed."""
 
     @property
     def name(self) -> str:
-        return f"{self.model} (seed recipe)" if self.recipe == "seed" else self.model
+        return f"{self.model} (study recipe)" if self.recipe == "study" else self.model
 
     @property
     def dim(self) -> str:
@@ -212,30 +212,32 @@ class RowSpec:
 
 
 def parse_row(text: str) -> RowSpec:
-    """``NAME`` or ``NAME:seed``, either optionally followed by ``@N`` (the first N training seeds only);
+    """``NAME`` or ``NAME:study``, either optionally followed by ``@N`` (the first N training seeds only);
     an unknown model name or a bad ``N`` is a one-line params error."""
     row, at, count = text.partition("@")
+    if row.endswith(":seed"):
+        raise ParamsError(f"--models {text}: the study's recipe is now written NAME:study ({row[:-5]}:study)")
     if at and not (count.isdigit() and int(count) >= 1):
         raise ParamsError(f"--models {text}: @N needs a whole number of training seeds, at least 1")
-    model, recipe = (row[: -len(SEED_SUFFIX)], "seed") if row.endswith(SEED_SUFFIX) else (row, "params")
+    model, recipe = (row[: -len(STUDY_SUFFIX)], "study") if row.endswith(STUDY_SUFFIX) else (row, "params")
     model_dim(model)
     return RowSpec(model, recipe, int(count) if at else None)
 
 
 def row_params(
-    spec: RowSpec, base: dict[str, TrainParams], *, epochs: int | None = None, threads: int | None = None
-) -> TrainParams:
-    """The training params of a row: ``train_<dim>`` with the model swapped, the seed recipe applied.
+    spec: RowSpec, base: dict[str, TrainingParams], *, epochs: int | None = None, threads: int | None = None
+) -> TrainingParams:
+    """The training params of a row: ``train_<dim>`` with the model swapped, the study recipe applied.
 
     Args:
         spec: the row.
-        base: params.yaml's ``train_2d`` / ``train_3d`` sections by layout.
+        base: params.yaml's ``train_2d`` / ``train_3d`` sections by dim.
         epochs: overrides the recipe's epochs (``--epochs``).
         threads: overrides the torch threads (``--threads``).
     """
     params = dataclasses.replace(base[spec.dim], model=spec.model)
-    if spec.recipe == "seed":
-        params = dataclasses.replace(params, epochs=SEED_EPOCHS[spec.dim], **SEED_RECIPE)
+    if spec.recipe == "study":
+        params = dataclasses.replace(params, epochs=STUDY_EPOCHS[spec.dim], **STUDY_RECIPE)
     if epochs is not None:
         params = dataclasses.replace(params, epochs=epochs)
     if threads is not None:
@@ -306,7 +308,7 @@ class Job:
     (:mod:`metastases.benchmark_folds`), then :func:`score_run` scores them in the benchmark's process."""
 
     cohort: Cohort
-    params: TrainParams
+    params: TrainingParams
     spec: RowSpec
     seed: int
     evaluate: EvaluateParams
@@ -319,7 +321,7 @@ def score_run(job: Job, trained: list[TrainedFold]) -> dict:
     the held-out AUC of the mean of those that learned on the test split, the pointing game where the
     model has evidence maps, and the cost (the fold trainings' CPU and wall seconds plus this scoring).
 
-    The fold models are what ``cross_validate`` trains (:mod:`metastases.benchmark_folds`); the row is
+    The fold models are what ``train_folds`` trains (:mod:`metastases.benchmark_folds`); the row is
     ``job.spec``'s, recorded with its recipe and settings.
     """
     started, cpu = time.perf_counter(), cpu_seconds()
@@ -386,7 +388,7 @@ def _localisation(
     cohort: Cohort,
     test: pd.DataFrame,
     lesions: pd.DataFrame | None,
-    params: TrainParams,
+    params: TrainingParams,
     device: torch.device,
 ) -> dict[str, float | None]:
     """The pointing game on the test split (ensemble) and out of fold; None where it cannot be scored."""
@@ -506,7 +508,7 @@ def _recipe_cell(row: dict) -> str:
     if row["recipe"] == "reference":
         return "histograms, C 0.1"
     settings = row["settings"]
-    source = "seed" if row["recipe"] == "seed" else f"train_{row['dim']}"
+    source = "study" if row["recipe"] == "study" else f"train_{row['dim']}"
     schedule = f"lr {settings['lr']:g} {settings['lr_schedule']}, batch {settings['batch_size']}"
     return f"{source}: {schedule}, {settings['epochs']} ep"
 
@@ -735,7 +737,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = section(EvaluateParams, "evaluate", args.params)
     if args.build is not None:
         data = BenchmarkData(args.build)
-        ready = all((data.arrays(layout) / "index.csv").is_file() for layout in ("2d", "3d"))
+        ready = all((data.arrays(dim) / "index.csv").is_file() for dim in ("2d", "3d"))
         if not (args.reuse_data and ready and data.splits.is_file()):
             build_benchmark_data(
                 data, args.params, patients=args.patients, cohort_seed=args.cohort_seed, workers=args.workers
@@ -791,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
         sources = ", ".join(str(path) for path in ([args.json] if args.resume else []) + args.runs_from)
         log.info("%d of %d runs taken from %s, %d to run", len(done), len(jobs), sources, len(todo))
     splits = cohorts["2d"].splits
-    layout = {
+    table_shape = {
         "cohort_size": len(splits),
         "test_size": int((splits["split"] == "test").sum()),
         "folds": len(cohorts["2d"].folds),
@@ -805,7 +807,7 @@ def main(argv: list[str] | None = None) -> None:
             if all(i in done for i in indices):
                 rows.append(aggregate([done[i] for i in indices]))
         complete = len(done) == len(jobs)
-        table = markdown_table(rows, **layout)  # type: ignore[arg-type]
+        table = markdown_table(rows, **table_shape)  # type: ignore[arg-type]
         unfinished = [
             _unfinished_run(jobs[i], keys[i], trained[i], len(fold_files[i]))
             for i in sorted(trained)

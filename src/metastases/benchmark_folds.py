@@ -1,7 +1,7 @@
 """The benchmark's unit of work: one fold model, trained in a process of its own and saved as it finishes.
 
 A benchmark run (one row, one training seed) is K fold models, each trained by
-:func:`~metastases.training.crossval.train_fold` exactly as cross-validation trains it (the same job, the
+:func:`~metastases.training.folds.train_fold` exactly as cross-validation trains it (the same job, the
 same seeds, the same restarts), so the numbers are the pipeline's. Training folds rather than whole runs
 as the tasks of ``--jobs`` does two things on a small machine: ``--jobs 2`` keeps two fold processes busy
 whatever the rows, and every finished fold model is written to ``<json stem>-folds/<job key>-fold<k>.pt``
@@ -31,10 +31,10 @@ import torch
 
 from metastases.atomic import atomic_path
 from metastases.models import build_model
-from metastases.params import TrainParams
+from metastases.params import TrainingParams
 from metastases.processes import guard_worker
-from metastases.training.cohort import Cohort
-from metastases.training.crossval import FoldJob, FoldResult, check_folds, init_fold_worker, train_fold
+from metastases.training.folds import FoldJob, FoldResult, check_folds, init_fold_worker, train_fold
+from metastases.training.inputs import Cohort
 from metastases.training.loop import EpochRecord, Timing
 from metastases.training.runtime import resolve_device
 
@@ -91,11 +91,11 @@ class TrainedFold:
     wall_seconds: float
 
 
-def fold_tasks(cohort: Cohort, params: TrainParams, *, seed: int, run: int, files: Path) -> list[FoldTask]:
+def fold_tasks(cohort: Cohort, params: TrainingParams, *, seed: int, run: int, files: Path) -> list[FoldTask]:
     """The K fold tasks of one run, after the same checks as cross-validation (both classes in every fold).
 
     Args:
-        cohort: arrays and split of the run's layout.
+        cohort: arrays and split of the run's dim.
         params: the row's training params (epochs included).
         seed: the training seed; each fold and attempt derives its own from it, as in cross-validation.
         run: index of the run, handed back with each finished fold.
@@ -107,7 +107,7 @@ def fold_tasks(cohort: Cohort, params: TrainParams, *, seed: int, run: int, file
     return [
         FoldTask(
             run,
-            FoldJob(cohort, fold, params, params.epochs, seed, device, shape),
+            FoldJob(cohort, fold, params, seed, device, shape),
             files.with_name(f"{files.name}-fold{fold}.pt"),
         )
         for fold in cohort.folds

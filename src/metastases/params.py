@@ -13,7 +13,7 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -57,6 +57,9 @@ PATIENT_KEYS: tuple[str, ...] = ("auto", "hash", "folder")
 
 STUDY_RULES: tuple[str, ...] = ("latest", "earliest")
 """Which study a patient folder with several studies contributes (``IngestParams.study``)."""
+
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+"""Autocast precisions a training section may ask for (``TrainingParams.precision``)."""
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """``cosine`` anneals the learning rate to 0 over the epochs, so the last epoch's weights (the ones
@@ -157,11 +160,11 @@ class SplitParams:
         _require(self.folds >= 2, f"split.folds: must be at least 2, got {self.folds}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VolumeParams:
-    """How a patient's three volumes become one ``[3, depth, size, size]`` tensor."""
+    """How a patient's three volumes become one ``[3, depth, S, S]`` tensor (``slice_2d``, ``stack_3d``)."""
 
-    image_size: int = 128
+    image_size: int
     """In-plane pixels ``S`` of every slice. Not called ``size``: DVC's run-cache ignores that key."""
     depth: int = 20
     depth_mode: str = "resample"
@@ -174,10 +177,15 @@ class VolumeParams:
         section = SECTION_PLACEHOLDER  # from_mapping names the real section (slice_2d or stack_3d)
         _require(self.image_size >= 32, f"{section}.image_size: must be at least 32, got {self.image_size}")
         _require(self.depth >= 2, f"{section}.depth: must be at least 2, got {self.depth}")
-        _choice(section, "depth_mode", self.depth_mode, ("seed", "resample"))
-        if self.depth_mode == "seed":
+        _require(
+            self.depth_mode != "seed",
+            f"{section}.depth_mode: 'seed' is now called 'study' (the original study's slice rule)",
+        )
+        _choice(section, "depth_mode", self.depth_mode, ("study", "resample"))
+        if self.depth_mode == "study":
             _require(
-                self.depth == 20, f"{section}.depth: the seed rule is defined for 20 slices, got {self.depth}"
+                self.depth == 20,
+                f"{section}.depth: the study's rule is defined for 20 slices, got {self.depth}",
             )
         _choice(section, "crop", self.crop, CROPS)
         _choice(section, "normalise", self.normalise, ("zscore", "minmax", "none"))
@@ -185,17 +193,9 @@ class VolumeParams:
         _require(0 <= low < high <= 100, f"{section}.clip_percentiles: need 0 <= low < high <= 100")
 
 
-@dataclasses.dataclass(frozen=True)
-class Volume3DParams(VolumeParams):
-    """``stack_3d``: the knobs of ``slice_2d``, smaller in-plane by default (3D convolutions cost more)."""
-
-    image_size: int = 96
-
-
 def volume_section(name: str, path: str | Path = "params.yaml") -> VolumeParams:
-    """``slice_2d`` or ``stack_3d`` of params.yaml, each with its own defaults."""
-    cls = Volume3DParams if name == "stack_3d" else VolumeParams
-    return section(cls, name, path)
+    """``slice_2d`` or ``stack_3d`` of params.yaml."""
+    return section(VolumeParams, name, path)
 
 
 def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> T:
@@ -213,6 +213,14 @@ def from_mapping(cls: type[T], section: str, mapping: dict[str, Any] | None) -> 
     _require(not unknown, f"{section}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {name: coerce(f"{section}.{name}", value, hints[name]) for name, value in mapping.items()}
+    missing = [
+        name
+        for name, field in fields.items()
+        if name not in mapping
+        and field.default is dataclasses.MISSING
+        and field.default_factory is dataclasses.MISSING
+    ]
+    _require(not missing, f"{section}: missing key(s) {', '.join(missing)}: params.yaml sets each of them")
     try:
         return cls(**values)
     except TypeError as exc:
@@ -306,50 +314,60 @@ def section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T:
     return from_mapping(cls, name, load_params(path).get(name))
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainParams:
-    """One training run (sections ``train_2d`` and ``train_3d``); Adam and cross-entropy are fixed.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingParams:
+    """One training section, ``train_2d`` or ``train_3d`` (:func:`training_section`); Adam and
+    cross-entropy are fixed. No field has a default: params.yaml is the one home of every value.
 
     Augmentation acts on z-scored intensities, so ``noise_std`` and ``intensity_shift`` are in units
     of one standard deviation of the patient's volume.
     """
 
-    model: str = "cnn2d"
-    epochs: int = 40
-    batch_size: int = 8
-    micro_batch: int = 0
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("num_workers", "parallel_folds")
+    """Fields that change how fast training runs, never its numbers (each sample's augmentation is seeded
+    by patient and epoch, each fold's initialisation by fold): not DVC params of the train stages, not
+    part of a benchmark run's identity. ``threads``, ``device``, ``precision``, ``nproc`` and
+    ``micro_batch`` change the numbers (measured: docs/speed.md), so they are params."""
+
+    dim: str
+    """``2d`` or ``3d``: the arrays this section trains on; set from the section's name, not a key."""
+    model: str
+    epochs: int
+    batch_size: int
+    micro_batch: int
     """Samples per forward/backward pass: the gradients of a batch accumulate over its micro-batches of
     this size before the one optimiser step, so memory follows ``micro_batch`` while the step is still
     the whole batch's (batch normalisation then sees each micro-batch on its own); 0: the whole batch."""
-    lr: float = 0.003
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0001
-    restarts: int = 2
-    flip_horizontal: float = 0.5
-    flip_vertical: float = 0.0
-    noise_std: float = 0.1
-    intensity_shift: float = 0.1
-    rotate_degrees: float = 15.0
-    scale: float = 0.1
-    device: str = "auto"
-    precision: str = "auto"
+    lr: float
+    lr_schedule: str
+    weight_decay: float
+    restarts: int
+    flip_horizontal: float
+    flip_vertical: float
+    noise_std: float
+    intensity_shift: float
+    rotate_degrees: float
+    scale: float
+    device: str
+    precision: str
     """Autocast precision of the forward pass: ``auto`` (float16 on CUDA, float32 on the CPU), ``float32``,
     ``bfloat16`` (a CPU with AVX-512 BF16 or AMX, or a GPU) or ``float16`` (CUDA)."""
-    threads: int = 1
-    num_workers: int | str = "auto"
+    threads: int
+    num_workers: int | str
     """DataLoader workers per training process, or ``auto``: 0 on the CPU (the training process loads and
     augments its own batches), on CUDA up to 8 (the cores shared out over the training processes)."""
-    parallel_folds: int | str = "auto"
+    parallel_folds: int | str
     """Fold models trained at once, one process each (the same numbers as one after another); ``auto``:
     one per ``threads`` cores on the CPU (2 on 2 cores), 1 on CUDA."""
-    nproc: int = 1
+    nproc: int
     """Processes that train each fold model together under torchrun (DistributedDataParallel): 1 is a
     plain process; N > 1 needs N GPUs on CUDA, or runs N gloo workers on the CPU."""
-    deterministic: bool = True
+    deterministic: bool
 
     def __post_init__(self) -> None:
         # the model name is checked against the registry by the training layer (models.check_model):
         # params sits below the models and must not import them (every stage imports params)
+        _require(self.dim in ("2d", "3d"), f"train_<dim>: dim must be 2d or 3d, got {self.dim!r}")
         name = self.section_name
         _require(self.epochs >= 1, f"{name}.epochs: must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{name}.batch_size: must be at least 1, got {self.batch_size}")
@@ -380,8 +398,8 @@ class TrainParams:
             f"{name}.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N",
         )
         _require(
-            self.precision in ("auto", "float32", "bfloat16", "float16"),
-            f"{name}.precision: {self.precision!r} is not one of auto, float32, bfloat16, float16",
+            self.precision in PRECISIONS,
+            f"{name}.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}",
         )
         _require(self.threads >= 1, f"{name}.threads: must be at least 1, got {self.threads}")
         workers = self.num_workers
@@ -399,31 +417,22 @@ class TrainParams:
 
     @property
     def section_name(self) -> str:
-        return "train_2d"
-
-    @property
-    def dim(self) -> str:
-        """``2d`` or ``3d``: the array layout this section trains on."""
-        return "2d"
+        return f"train_{self.dim}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Train3DParams(TrainParams):
-    model: str = "cnn3d"
-    epochs: int = 80
-
-    @property
-    def section_name(self) -> str:
-        return "train_3d"
-
-    @property
-    def dim(self) -> str:
-        return "3d"
+def training_section(dim: str, path: str | Path = "params.yaml") -> TrainingParams:
+    """The ``train_<dim>`` section of params.yaml (``dim``: ``2d`` or ``3d``)."""
+    name = f"train_{dim}"
+    mapping = load_params(path).get(name)
+    if isinstance(mapping, dict):
+        _require("dim" not in mapping, f"{name}.dim: not a key: the section's name says which arrays")
+        mapping = {**mapping, "dim": dim}
+    return from_mapping(TrainingParams, name, mapping)
 
 
-def train_sections(path: str | Path = "params.yaml") -> dict[str, TrainParams]:
-    """The ``train_2d`` and ``train_3d`` sections, keyed by array layout (``2d``, ``3d``)."""
-    return {"2d": section(TrainParams, "train_2d", path), "3d": section(Train3DParams, "train_3d", path)}
+def train_sections(path: str | Path = "params.yaml") -> dict[str, TrainingParams]:
+    """The ``train_2d`` and ``train_3d`` sections, keyed by dim (``2d``, ``3d``)."""
+    return {dim: training_section(dim, path) for dim in ("2d", "3d")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,6 @@ from metastases.params import (
     SEQUENCES,
     CrossValidateParams,
     IngestParams,
-    Volume3DParams,
     VolumeParams,
     from_mapping,
     load_params,
@@ -132,9 +131,8 @@ def _volume_params(ensemble: Ensemble, path: Path) -> VolumeParams:
     prep = ensemble.meta.get("preprocessing")
     if not isinstance(prep, dict):
         raise UserError(f"{path} does not record how its arrays were built; {FIX_MODEL}")
-    cls = Volume3DParams if ensemble.dim == "3d" else VolumeParams
     try:
-        return cls(**{**prep, "clip_percentiles": tuple(prep["clip_percentiles"])})
+        return VolumeParams(**{**prep, "clip_percentiles": tuple(prep["clip_percentiles"])})
     except (TypeError, KeyError, UserError) as exc:
         raise UserError(f"{path}: its preprocessing record is not usable ({exc}); {FIX_MODEL}") from None
 

@@ -27,12 +27,12 @@ from scipy import ndimage
 
 from metastases.params import SEQUENCES, VolumeParams
 
-SEED_DEPTH = 20
+STUDY_DEPTH = 20
 REFERENCE_SEQUENCE = "t1c"
 """The sequence whose slices and field of view define the common grid."""
 
 
-def seed_depth_indices(n_slices: int) -> np.ndarray:
+def study_depth_indices(n_slices: int) -> np.ndarray:
     """Slice indices that bring ``n_slices`` to 20 by the original study's rule.
 
     Fewer than 20: copies of the two middle slices are inserted in the middle until there are 20.
@@ -41,16 +41,16 @@ def seed_depth_indices(n_slices: int) -> np.ndarray:
     """
     if n_slices < 1:
         raise ValueError("a volume needs at least one slice")
-    if n_slices < SEED_DEPTH:
+    if n_slices < STUDY_DEPTH:
         indices = list(range(n_slices))
-        while len(indices) < SEED_DEPTH:
+        while len(indices) < STUDY_DEPTH:
             middle = len(indices) // 2
             pair = indices[max(middle - 1, 0) : middle + 1]
-            indices[middle:middle] = pair[: SEED_DEPTH - len(indices)]
+            indices[middle:middle] = pair[: STUDY_DEPTH - len(indices)]
         return np.asarray(indices)
     if n_slices <= 40:
-        start = (n_slices - SEED_DEPTH) // 2
-        return np.arange(start, start + SEED_DEPTH)
+        start = (n_slices - STUDY_DEPTH) // 2
+        return np.arange(start, start + STUDY_DEPTH)
     first, middle, last = n_slices // 3, n_slices // 2, (2 * n_slices) // 3
     return np.concatenate(
         [np.arange(first, first + 6), np.arange(middle - 4, middle + 4), np.arange(last - 5, last + 1)]
@@ -60,10 +60,10 @@ def seed_depth_indices(n_slices: int) -> np.ndarray:
 def depth_positions(n_slices: int, params: VolumeParams) -> np.ndarray:
     """Positions (in slice indices, possibly fractional) of the ``params.depth`` output slices.
 
-    ``seed``: the original study's rule; ``resample``: evenly from the first to the last slice.
+    ``study``: the original study's rule; ``resample``: evenly from the first to the last slice.
     """
-    if params.depth_mode == "seed":
-        return seed_depth_indices(n_slices).astype(float)
+    if params.depth_mode == "study":
+        return study_depth_indices(n_slices).astype(float)
     return np.linspace(0, n_slices - 1, params.depth)
 
 

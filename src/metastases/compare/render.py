@@ -226,6 +226,8 @@ def offline_dvc_template() -> str:
 
     DVC fills ``{plot_divs}`` with one ``vegaEmbed`` call per plot and ``{scripts}`` with three CDN
     ``<script src>`` tags; this template has the libraries inline and no ``{scripts}`` placeholder.
+    ``{refresh_tag}`` (dvc_render's auto-refreshing pages) and DVC's table style are kept, as in DVC's page.
+    The project's ``.dvc/config`` names it (``plots.html_template``); ``make install`` writes it.
     """
     bundle = vl_convert.javascript_bundle(  # type: ignore[call-arg]  # see javascript_bundle above
         vl_version=max(
@@ -237,11 +239,13 @@ def offline_dvc_template() -> str:
 <html>
 <head>
 <meta charset="utf-8">
+{{refresh_tag}}
 <title>DVC Plot</title>
 <script type="text/javascript">
 {bundle}
 </script>
-<style>{_STYLE}</style>
+<style>{_STYLE}    table {{ border-spacing: 15px; }}
+</style>
 </head>
 <body>
 {{plot_divs}}

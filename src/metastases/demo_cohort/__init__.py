@@ -3,6 +3,6 @@
 ``python -m metastases.demo_cohort OUT_DIR --patients 60 --seed 7`` or :func:`build_cohort`.
 """
 
-from metastases.demo_cohort.cohort import build_cohort, cohort_specs
+from metastases.demo_cohort.build import build_cohort, cohort_specs
 
 __all__ = ["build_cohort", "cohort_specs"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.cli import OneLineParser, configure_logging, run_stage
-from metastases.demo_cohort.cohort import build_cohort
+from metastases.demo_cohort.build import build_cohort
 from metastases.params import DemoCohortParams, section
 
 

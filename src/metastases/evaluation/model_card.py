@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from metastases.atomic import write_text
-from metastases.params import EvaluateParams, TrainParams
+from metastases.params import EvaluateParams, TrainingParams
 from metastases.training.checkpoint import Ensemble
 
 
@@ -27,7 +27,7 @@ class ModelCardInputs:
     cv_summary: dict[str, dict[str, Any]]
     """cv.json: per model."""
     ensembles: dict[str, Ensemble]
-    train_params: dict[str, TrainParams]
+    train_params: dict[str, TrainingParams]
     splits: pd.DataFrame
     """patient, label, split, fold."""
     evaluate_params: EvaluateParams

@@ -31,7 +31,7 @@ from metastases.ingest.patient import (
     PatientTask,
     ingest_patient,
 )
-from metastases.ingest.report import PROBLEM_KINDS, Problem, Skipped
+from metastases.ingest.problems import PROBLEM_KINDS, Problem, Skipped
 from metastases.ingest.series import CHOICE_RULE, MATCH_ORDER
 from metastases.ingest.studies import STUDY_RULES_TEXT
 from metastases.lesion_truth import LESIONS_FILE

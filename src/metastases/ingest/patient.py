@@ -25,8 +25,8 @@ from metastases.ingest.geometry import (
     plane_name,
     repeats_per_position,
 )
+from metastases.ingest.problems import Problem, Skipped, file_label
 from metastases.ingest.reading import DicomFile, read_file
-from metastases.ingest.report import Problem, Skipped, file_label
 from metastases.ingest.series import (
     CHOICE_RULE,
     Series,

@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from metastases.ingest.report import Problem, file_label
+from metastases.ingest.problems import Problem, file_label
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from metastases.ingest.problems import series_label
 from metastases.ingest.reading import DicomFile
-from metastases.ingest.report import series_label
 
 MATCH_ORDER: tuple[str, ...] = ("flair", "t1c", "t2")
 CHOICE_RULE = "ORIGINAL before DERIVED, then most slices, then highest SeriesNumber (the later repeat)"

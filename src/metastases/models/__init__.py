@@ -24,7 +24,7 @@ from metastases.models.volume_mil import VolumeMIL
 @dataclass(frozen=True)
 class ModelSpec:
     dim: str
-    """``2d`` or ``3d``: which array layout the model reads."""
+    """``2d`` or ``3d``: which arrays the model reads."""
     build: Callable[[tuple[int, ...], int], nn.Module]
     description: str
 

@@ -19,17 +19,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SEED_SIZE = 512
-SEED_KERNELS = (32, 16, 8, 4)
+STUDY_SIZE = 512
+STUDY_KERNELS = (32, 16, 8, 4)
 CHANNELS = (6, 16, 32, 64)
 POOL = 3
 
 
 def scaled_kernel(kernel: int, size: int) -> int:
     """In-plane kernel for input size ``size``: the seed's kernel scaled by ``size / 512``, at least 1."""
-    if size >= SEED_SIZE:
+    if size >= STUDY_SIZE:
         return kernel
-    return max(1, round(kernel * size / SEED_SIZE))
+    return max(1, round(kernel * size / STUDY_SIZE))
 
 
 class LeNet3D(nn.Module):
@@ -39,8 +39,8 @@ class LeNet3D(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels_in, d, s = in_channels, depth, size
-        for channels_out, seed_kernel in zip(CHANNELS, SEED_KERNELS, strict=True):
-            k = scaled_kernel(seed_kernel, size)
+        for channels_out, study_kernel in zip(CHANNELS, STUDY_KERNELS, strict=True):
+            k = scaled_kernel(study_kernel, size)
             if d < 2 or s < k:
                 raise ValueError(f"LeNet3D: input depth {depth} x size {size} is too small")
             layers += [nn.Conv3d(channels_in, channels_out, kernel_size=(2, k, k)), nn.ReLU(inplace=True)]

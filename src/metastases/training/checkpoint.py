@@ -16,7 +16,7 @@ from torch import nn
 from metastases.atomic import atomic_path
 from metastases.errors import UserError
 from metastases.models import build_model
-from metastases.training.crossval import CrossValidation
+from metastases.training.folds import FoldModels
 
 FORMAT = 2
 """2: the K fold models of cross-validation, their out-of-fold scores, and which of them learned."""
@@ -56,7 +56,7 @@ class Ensemble:
         return any(f.learned for f in self.folds)
 
 
-def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
+def save_ensemble(path: Path, cv: FoldModels, *, model_name: str, dim: str,
                   input_shape: tuple[int, ...], seed: int,
                   preprocessing: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Write every fold model of ``cv`` with its patients, learned flag and the out-of-fold scores.
@@ -64,7 +64,7 @@ def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
     Args:
         path: the checkpoint file (written atomically).
         cv: the trained fold models.
-        model_name: registry name; ``dim`` its array layout; ``input_shape`` one sample's shape.
+        model_name: registry name; ``dim`` its arrays (2d or 3d); ``input_shape`` one sample's shape.
         seed: the training seed.
         preprocessing: the ``slice_2d``/``stack_3d`` params that built the arrays, so that a new study can
             be prepared the same way (``metastases.predict``) whatever params.yaml says later.
@@ -110,7 +110,7 @@ def save_ensemble(path: Path, cv: CrossValidation, *, model_name: str, dim: str,
 
 
 def open_ensemble(path: Path, fix: str) -> Ensemble:
-    """Rebuild whatever model the checkpoint holds (its own model name and layout, not params'), e.g. for
+    """Rebuild whatever model the checkpoint holds (its own model name and dim, not params'), e.g. for
     scoring a new study; ``fix`` ends every error line."""
     payload = _read_payload(path, fix)
     return _from_payload(path, payload, str(payload["model"]), str(payload["dim"]), None, fix)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from metastases.params import SEQUENCES, TrainParams
+from metastases.params import SEQUENCES, TrainingParams
 
 
 def as_float32(sample: np.ndarray) -> torch.Tensor:
@@ -50,26 +50,11 @@ def noise_bank(numel: int, seed: int) -> torch.Tensor:
 class Augmentation:
     """Random transforms on normalised (z-scored) intensities; amplitudes in standard deviations.
 
-    Built from the training params (:meth:`from_params`), the one place their values are set.
+    Reads its six settings (flips, noise, intensity shift, rotation, scale) from the training section
+    itself: params.yaml is their one home.
     """
 
-    flip_horizontal: float
-    flip_vertical: float
-    noise_std: float
-    intensity_shift: float
-    rotate_degrees: float
-    scale: float
-
-    @classmethod
-    def from_params(cls, params: TrainParams) -> Augmentation:
-        return cls(
-            params.flip_horizontal,
-            params.flip_vertical,
-            params.noise_std,
-            params.intensity_shift,
-            params.rotate_degrees,
-            params.scale,
-        )
+    params: TrainingParams
 
     @staticmethod
     def _resample(tensor: torch.Tensor, theta: list[list[float]]) -> torch.Tensor:
@@ -91,14 +76,14 @@ class Augmentation:
         is a random window of :func:`noise_bank` (``seed``) with a random sign.
         """
         tensor = as_float32(sample)
-        flip_x = -1.0 if rng.random() < self.flip_horizontal else 1.0
-        flip_y = -1.0 if rng.random() < self.flip_vertical else 1.0
+        flip_x = -1.0 if rng.random() < self.params.flip_horizontal else 1.0
+        flip_y = -1.0 if rng.random() < self.params.flip_vertical else 1.0
         angle = (
-            math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
-            if self.rotate_degrees > 0
+            math.radians(rng.uniform(-self.params.rotate_degrees, self.params.rotate_degrees))
+            if self.params.rotate_degrees > 0
             else 0.0
         )
-        zoom = 1.0 + rng.uniform(-self.scale, self.scale) if self.scale > 0 else 1.0
+        zoom = 1.0 + rng.uniform(-self.params.scale, self.params.scale) if self.params.scale > 0 else 1.0
         if angle or zoom != 1.0:
             cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
             tensor = self._resample(
@@ -108,14 +93,16 @@ class Augmentation:
             flipped = [axis for axis, sign in ((-1, flip_x), (-2, flip_y)) if sign < 0]
             if flipped:
                 tensor = tensor.flip(flipped)
-        if self.intensity_shift > 0:
-            shifts = rng.uniform(-self.intensity_shift, self.intensity_shift, size=len(SEQUENCES))
+        if self.params.intensity_shift > 0:
+            shifts = rng.uniform(
+                -self.params.intensity_shift, self.params.intensity_shift, size=len(SEQUENCES)
+            )
             tensor.view(len(SEQUENCES), -1).add_(torch.from_numpy(shifts.astype(np.float32))[:, None])
-        if self.noise_std > 0:
+        if self.params.noise_std > 0:
             bank = noise_bank(tensor.numel(), seed)
             offset = int(rng.integers(NOISE_OFFSETS + 1))
             sign = 1.0 if rng.random() < 0.5 else -1.0
-            tensor.view(-1).add_(bank[offset : offset + tensor.numel()], alpha=sign * self.noise_std)
+            tensor.view(-1).add_(bank[offset : offset + tensor.numel()], alpha=sign * self.params.noise_std)
         return tensor
 
 

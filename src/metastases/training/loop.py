@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from metastases.models import build_model
-from metastases.params import TrainParams
+from metastases.params import TrainingParams
 from metastases.training.dataset import Augmentation, PatientArrays
 from metastases.training.distributed import (
     IGNORE_LABEL,
@@ -274,14 +274,13 @@ def fit(
     array_dir: Path,
     train: pd.DataFrame,
     validation: pd.DataFrame | None,
-    params: TrainParams,
-    epochs: int,
+    params: TrainingParams,
     seed: int,
     device: torch.device,
     input_shape: tuple[int, ...],
     description: str = "train",
 ) -> FitResult:
-    """Train ``params.model`` from scratch on ``train`` (patient, label) for ``epochs`` epochs.
+    """Train ``params.model`` from scratch on ``train`` (patient, label) for ``params.epochs`` epochs.
 
     Adam with ``params.lr`` and ``params.weight_decay``, cross-entropy loss. After each epoch the model
     is scored on ``validation`` (if given): loss, accuracy at probability 0.5 and ROC AUC.
@@ -296,14 +295,14 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     schedule = None
     if params.lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     precision = resolve_precision(params.precision, device, f"{params.section_name}.precision")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "float16")
     processes = (
         fold_processes(params.parallel_folds, device, params.threads) if group is None else group.world
     )
     workers = loader_workers(params.num_workers, device, processes)
-    train_set = PatientArrays(array_dir, train, Augmentation.from_params(params), seed=seed)
+    train_set = PatientArrays(array_dir, train, Augmentation(params), seed=seed)
     val_set = None if validation is None else PatientArrays(array_dir, validation)
     val_loader = None
     if group is None:
@@ -317,7 +316,7 @@ def fit(
             val_loader = make_loader(shard, params.batch_size, False, seed, workers, device)  # type: ignore[arg-type]
     result = FitResult(model=network, input_shape=tuple(input_shape), precision=precision)
     step = 0
-    progress = tqdm(range(1, epochs + 1), desc=description, unit="epoch", leave=False, disable=None)
+    progress = tqdm(range(1, params.epochs + 1), desc=description, unit="epoch", leave=False, disable=None)
     for epoch in progress:
         train_set.set_epoch(epoch)
         losses, timing = train_one_epoch(
@@ -363,7 +362,7 @@ def fit(
     log.info(
         "%s: %d epochs (%s), train loss %.4f (fitted: %s), val loss %s, val AUC %s, data wait %.1f%%",
         description,
-        epochs,
+        params.epochs,
         precision,
         last.train_loss,
         f"{result.fitted_loss:.4f}, AUC {result.fitted_auc:.3f}",

@@ -1,7 +1,7 @@
 """What the cross-validate stage does: summarise the fold models' out-of-fold predictions.
 
 The train stages trained one model per fold and scored the fold each left out (see
-:mod:`metastases.training.crossval`); here those scores become the cross-validated AUC, the per-fold
+:mod:`metastases.training.folds`); here those scores become the cross-validated AUC, the per-fold
 spread, the decision threshold (chosen on out-of-fold predictions only, never on the test split) and the
 out-of-fold ROC. Nothing is trained.
 """
@@ -30,7 +30,7 @@ from metastases.evaluation.evidence import (
 from metastases.evaluation.metrics import auc, roc_table, youden_threshold
 from metastases.lesion_truth import read_lesions
 from metastases.models import check_model
-from metastases.params import CrossValidateParams, TrainParams
+from metastases.params import CrossValidateParams, TrainingParams
 from metastases.training.checkpoint import Ensemble, load_ensemble
 from metastases.training.dataset import PatientArrays
 from metastases.training.loop import make_loader
@@ -100,7 +100,7 @@ def out_of_fold_evidence(ensemble: Ensemble, array_dir: Path, batch_size: int) -
 
 def run_cross_validation(
     model_paths: dict[str, Path],
-    train_params: dict[str, TrainParams],
+    train_params: dict[str, TrainingParams],
     params: CrossValidateParams,
     outputs: CrossValidateOutputs,
     *,

@@ -30,10 +30,10 @@ from torch import nn
 
 from metastases.cli import configure_logging
 from metastases.errors import UserError
-from metastases.params import TrainParams
+from metastases.params import TrainingParams
 from metastases.processes import die_with_parent
-from metastases.training.cohort import Cohort, require_both_classes
 from metastases.training.distributed import current_group
+from metastases.training.inputs import Cohort, require_both_classes
 from metastases.training.loop import EpochRecord, Timing, fit
 from metastases.training.runtime import configure_torch, fold_processes
 
@@ -92,7 +92,7 @@ class FoldResult:
 
 
 @dataclass
-class CrossValidation:
+class FoldModels:
     folds: list[FoldResult]
     out_of_fold: pd.DataFrame
     """One row per training patient: patient, label, score (from the model that did not train on it), fold."""
@@ -129,8 +129,7 @@ class FoldJob:
 
     cohort: Cohort
     fold: int
-    params: TrainParams
-    epochs: int
+    params: TrainingParams
     seed: int
     device: str
     shape: tuple[int, ...]
@@ -150,11 +149,10 @@ def train_fold(job: FoldJob) -> tuple[FoldResult, pd.DataFrame, Timing]:
             train,
             validation,
             params,
-            job.epochs,
             fold_init,
             device,
             job.shape,
-            description=f"{cohort.layout} fold {fold}" + (f" attempt {attempt + 1}" if attempt else ""),
+            description=f"{cohort.dim} fold {fold}" + (f" attempt {attempt + 1}" if attempt else ""),
         )
         timing.add(fitted.timing)
         learned = has_learned(fitted.fitted_loss, fitted.fitted_auc, train["label"])
@@ -162,7 +160,7 @@ def train_fold(job: FoldJob) -> tuple[FoldResult, pd.DataFrame, Timing]:
             break
         log.warning(
             "%s fold %d: does not separate its training patients (loss %.3f, AUC %.3f; chance %.3f) "
-            "with seed %d%s", cohort.layout, fold, fitted.fitted_loss, fitted.fitted_auc,
+            "with seed %d%s", cohort.dim, fold, fitted.fitted_loss, fitted.fitted_auc,
             chance_loss(train["label"]), fold_init,
             "; retrying from another initialisation" if attempt < params.restarts else "",
         )  # fmt: skip
@@ -197,7 +195,7 @@ def init_fold_worker(threads: int, deterministic: bool, device: str, *, parent: 
 
     Args:
         threads: torch intra-op threads.
-        deterministic: deterministic algorithms (``TrainParams.deterministic``).
+        deterministic: deterministic algorithms (``TrainingParams.deterministic``).
         device: where the fold trains.
         parent: process id of the process creating the pool; ``None``: the caller guards it itself.
     """
@@ -209,9 +207,7 @@ def init_fold_worker(threads: int, deterministic: bool, device: str, *, parent: 
         multiprocessing.set_start_method("fork", force=True)
 
 
-def cross_validate(
-    cohort: Cohort, params: TrainParams, seed: int, device: torch.device, *, epochs: int | None = None
-) -> CrossValidation:
+def train_folds(cohort: Cohort, params: TrainingParams, seed: int, device: torch.device) -> FoldModels:
     """Train one model per fold on the other folds and score the held-out fold.
 
     With ``params.parallel_folds`` > 1 that many folds train at once, one process each (each fold has its
@@ -222,14 +218,10 @@ def cross_validate(
         params: model, optimiser, augmentation, ``epochs``, ``restarts`` and ``parallel_folds``.
         seed: the shared seed; each fold and attempt derives its own from it.
         device: where to train.
-        epochs: overrides ``params.epochs`` (tests, benchmark).
     """
     check_folds(cohort)
     shape = cohort.sample_shape(cohort.part("train"))
-    jobs = [
-        FoldJob(cohort, fold, params, params.epochs if epochs is None else epochs, seed, str(device), shape)
-        for fold in cohort.folds
-    ]
+    jobs = [FoldJob(cohort, fold, params, seed, str(device), shape) for fold in cohort.folds]
     processes = min(fold_processes(params.parallel_folds, device, params.threads), len(jobs))
     if current_group() is not None and processes > 1:
         log.info("%s.parallel_folds %s: 1 under DistributedDataParallel (every process trains each fold)",
@@ -249,11 +241,11 @@ def cross_validate(
                 done = list(pool.map(train_fold, jobs))
         except BrokenProcessPool:
             raise UserError(
-                f"a {cohort.layout} fold process died (out of memory?); nothing was written. "
+                f"a {cohort.dim} fold process died (out of memory?); nothing was written. "
                 f"Lower {params.section_name}.parallel_folds or batch_size and rerun"
             ) from None
     timing = Timing()
     for _, _, fold_timing in done:
         timing.add(fold_timing)
     oof = pd.concat([scored for _, scored, _ in done], ignore_index=True)
-    return CrossValidation(folds=[result for result, _, _ in done], out_of_fold=oof, timing=timing)
+    return FoldModels(folds=[result for result, _, _ in done], out_of_fold=oof, timing=timing)

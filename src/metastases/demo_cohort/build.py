@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from metastases.atomic import write_csv
 from metastases.demo_cohort.anatomy import load_template
-from metastases.demo_cohort.patient import PatientSpec, lesion_truth, plan_patient, write_patient
+from metastases.demo_cohort.synthetic_patient import PatientSpec, lesion_truth, plan_patient, write_patient
 from metastases.errors import ParamsError, UserError
 from metastases.ingest.keys import DEMO_MARKER, DEMO_MARKER_TEXT
 from metastases.lesion_truth import COLUMNS as LESION_COLUMNS

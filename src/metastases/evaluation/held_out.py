@@ -35,11 +35,11 @@ from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at, roc
 from metastases.evaluation.model_card import ModelCardInputs, write_model_card
 from metastases.lesion_truth import read_lesions
 from metastases.models import check_model
-from metastases.params import CLASSES, EvaluateParams, TrainParams
+from metastases.params import CLASSES, EvaluateParams, TrainingParams
 from metastases.plotting import plot_confusion, plot_roc
 from metastases.training.checkpoint import Ensemble, load_ensemble
-from metastases.training.cohort import load_cohort, require_both_classes
 from metastases.training.dataset import PatientArrays
+from metastases.training.inputs import load_cohort, require_both_classes
 from metastases.training.loop import make_loader, predict
 from metastases.training.runtime import configure_torch, resolve_device
 from metastases.volumes import GridGeometry
@@ -117,7 +117,7 @@ def run_evaluation(
     model_paths: dict[str, Path],
     splits_path: Path,
     cv_metrics_path: Path,
-    train_params: dict[str, TrainParams],
+    train_params: dict[str, TrainingParams],
     params: EvaluateParams,
     seed: int,
     outputs: EvaluateOutputs,

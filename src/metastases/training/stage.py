@@ -19,12 +19,10 @@ from sklearn.metrics import roc_auc_score
 
 from metastases.atomic import write_csv, write_json
 from metastases.models import check_model
-from metastases.params import TrainParams, VolumeParams
+from metastases.params import TrainingParams, VolumeParams
 from metastases.plotting import plot_cv_loss
 from metastases.processes import under_torchrun
 from metastases.training.checkpoint import save_ensemble
-from metastases.training.cohort import Cohort, load_cohort
-from metastases.training.crossval import CrossValidation, check_folds, cross_validate
 from metastases.training.distributed import (
     Group,
     check_nproc,
@@ -33,6 +31,8 @@ from metastases.training.distributed import (
     stop_group,
     worker_device,
 )
+from metastases.training.folds import FoldModels, check_folds, train_folds
+from metastases.training.inputs import Cohort, load_cohort
 from metastases.training.runtime import configure_torch, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class TrainOutputs:
         )
 
 
-def loss_table(cv: CrossValidation) -> pd.DataFrame:
+def loss_table(cv: FoldModels) -> pd.DataFrame:
     """Wide per-epoch table: epoch, train_fold<k>, val_fold<k>, ..., train_loss, validation_loss,
     validation_auc (the last three: means over the folds, the curves DVC draws)."""
     columns: dict[str, list[float]] = {"epoch": [r.epoch for r in cv.folds[0].epochs]}
@@ -78,7 +78,7 @@ def loss_table(cv: CrossValidation) -> pd.DataFrame:
 def run_training(
     array_dir: Path,
     splits_path: Path,
-    params: TrainParams,
+    params: TrainingParams,
     seed: int,
     outputs: TrainOutputs,
     preprocessing: VolumeParams | None = None,
@@ -101,7 +101,7 @@ def run_training(
         group = start_group(device)
     try:
         configure_torch(params.deterministic, params.threads, device)
-        cv = cross_validate(cohort, params, seed, device)
+        cv = train_folds(cohort, params, seed, device)
         if group is not None:
             group.barrier()  # every rank has trained every fold before rank 0 writes
         metrics = _write_outputs(cv, params, seed, shape, outputs, preprocessing, started, device, group)
@@ -112,7 +112,7 @@ def run_training(
 
 
 def check_training_inputs(
-    array_dir: Path, splits_path: Path, params: TrainParams
+    array_dir: Path, splits_path: Path, params: TrainingParams
 ) -> tuple[Cohort, tuple[int, ...]]:
     """The model name, the split and the arrays, checked before anything trains (or any worker starts):
     returns the cohort and one sample's shape."""
@@ -124,7 +124,7 @@ def check_training_inputs(
 
 
 def launch_distributed(script: Path, argv: Sequence[str], array_dir: Path, splits_path: Path,
-                       params: TrainParams) -> None:  # fmt: skip
+                       params: TrainingParams) -> None:  # fmt: skip
     """Check the inputs, the device and ``params.nproc`` here, then run ``script argv`` as ``nproc``
     torchrun workers (each of which calls :func:`run_training`); a bad value fails before any starts.
 
@@ -143,8 +143,8 @@ def launch_distributed(script: Path, argv: Sequence[str], array_dir: Path, split
 
 
 def _write_outputs(
-    cv: CrossValidation,
-    params: TrainParams,
+    cv: FoldModels,
+    params: TrainingParams,
     seed: int,
     shape: tuple[int, ...],
     outputs: TrainOutputs,

@@ -18,7 +18,7 @@ from metastases.errors import UserError
 from metastases.params import CLASSES
 
 SPLIT_COLUMNS = ("patient", "label", "split", "fold")
-LAYOUT_AXES = {"2d": 3, "3d": 4}
+DIM_AXES = {"2d": 3, "3d": 4}
 REBUILD = {"2d": "dvc repro slice-2d", "3d": "dvc repro stack-3d"}
 
 
@@ -39,10 +39,10 @@ def read_splits(path: Path) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Cohort:
-    """One array layout (``2d`` or ``3d``) of the processed cohort together with its split."""
+    """One array dim (``2d`` or ``3d``) of the processed cohort together with its split."""
 
     array_dir: Path
-    layout: str
+    dim: str
     splits: pd.DataFrame
 
     def path(self, patient: str) -> Path:
@@ -74,7 +74,7 @@ class Cohort:
         if missing:
             raise UserError(
                 f"{self.array_dir}: no array for {len(missing)} patient(s) in the split (e.g. {missing[0]}); "
-                f"the processed data are stale: {REBUILD[self.layout]}"
+                f"the processed data are stale: {REBUILD[self.dim]}"
             )
         for patient in patients["patient"]:
             try:
@@ -86,28 +86,26 @@ class Cohort:
             shapes.setdefault(tuple(array.shape), patient)
         if len(shapes) != 1:
             described = "; ".join(f"{shape} (e.g. {p})" for shape, p in shapes.items())
-            raise UserError(
-                f"{self.array_dir}: arrays of different shapes: {described}; {REBUILD[self.layout]}"
-            )
+            raise UserError(f"{self.array_dir}: arrays of different shapes: {described}; {REBUILD[self.dim]}")
         shape = next(iter(shapes))
-        if len(shape) != LAYOUT_AXES[self.layout]:
+        if len(shape) != DIM_AXES[self.dim]:
             raise UserError(
                 f"{self.array_dir}: arrays have shape {shape}, "
-                f"expected {LAYOUT_AXES[self.layout]} axes for the "
-                f"{self.layout} layout; {REBUILD[self.layout]}"
+                f"expected {DIM_AXES[self.dim]} axes for the "
+                f"{self.dim} arrays; {REBUILD[self.dim]}"
             )
         return shape
 
 
-def load_cohort(array_dir: Path, splits_path: Path, layout: str) -> Cohort:
+def load_cohort(array_dir: Path, splits_path: Path, dim: str) -> Cohort:
     """Read the split and the array index and check that they describe the same patients and labels."""
     splits = read_splits(splits_path)
     index_path = array_dir / "index.csv"
     if not index_path.is_file():
-        raise UserError(f"{index_path} not found: build the arrays first ({REBUILD[layout]})")
+        raise UserError(f"{index_path} not found: build the arrays first ({REBUILD[dim]})")
     index = pd.read_csv(index_path, dtype={"patient": str})
     if not {"patient", "label"} <= set(index.columns):
-        raise UserError(f"{index_path}: needs columns patient,label; {REBUILD[layout]}")
+        raise UserError(f"{index_path}: needs columns patient,label; {REBUILD[dim]}")
     merged = splits.merge(index[["patient", "label"]], on="patient", how="left", suffixes=("", "_index"))
     absent = merged[merged["label_index"].isna()]
     if not absent.empty:
@@ -122,7 +120,7 @@ def load_cohort(array_dir: Path, splits_path: Path, layout: str) -> Cohort:
             f"{index_path} and {splits_path} disagree on the label of "
             f"{disagree['patient'].iloc[0]}; run dvc repro"
         )
-    return Cohort(array_dir=array_dir, layout=layout, splits=splits)
+    return Cohort(array_dir=array_dir, dim=dim, splits=splits)
 
 
 def require_both_classes(labels: pd.Series | np.ndarray, what: str, fix: str) -> None:

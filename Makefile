@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml commands say `python`: the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run demo test test-fast lint typecheck push pull benchmark report plots predict
+.PHONY: install run demo test test-fast lint typecheck push pull benchmark report plots predict metrics
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,15 @@ demo: install
 run: demo
 	$(BIN)/dvc repro
 	@echo
-	@echo "Metrics: metrics/*.json  (dvc metrics show)"
-	@echo "Plots:   plots/*.png, plots/**/*.csv  (dvc plots show)"
+	@$(BIN)/python -m metastases.compare.summary --metrics-dir metrics
+	@echo
+	@echo "Metrics: metrics/*.json (dvc metrics show), every number in metrics/details/ (make metrics: the table above)"
+	@echo "Plots:   plots/*.png, plots/**/*.csv  (dvc plots show: plots in a browser, offline; make plots: PNGs)"
+
+# Both models' numbers in one table (120 columns): out-of-fold and held-out AUC, sensitivity/specificity at
+# the out-of-fold threshold, localisation, fold models learned. `dvc metrics show` has the headline keys.
+metrics: install
+	@$(BIN)/python -m metastases.compare.summary --metrics-dir metrics
 
 lint: install
 	$(BIN)/ruff check src stages tests scripts

@@ -20,7 +20,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_both_models_arguments(parser)
     parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D checkpoint")
     parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D checkpoint")
-    parser.add_argument("--cv-metrics", type=Path, default=Path("metrics/cv.json"), help="CV thresholds")
+    parser.add_argument(
+        "--cv-metrics",
+        type=Path,
+        default=Path("metrics/details/cv.json"),
+        help="CV thresholds (the full cross-validate metrics)",
+    )
     parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"), help="test metrics")
     parser.add_argument(
         "--predictions", type=Path, default=Path("metrics/predictions.csv"), help="test-patient scores"

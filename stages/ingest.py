@@ -6,9 +6,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.atomic import write_json
 from metastases.cli import configure_logging, run_stage, stage_parser
 from metastases.ingest import ingest_cohort
+from metastases.metrics_file import write_metrics
 from metastases.params import IngestParams, section
 
 
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers is not None:
         params = dataclasses.replace(params, workers=args.workers)
     result = ingest_cohort(args.raw_dir or Path(params.raw_dir), args.out_dir or Path(params.out_dir), params)
-    write_json(args.metrics, result.metrics)
+    write_metrics(args.metrics, result.metrics, ("patients_ok", "patients_excluded"))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metastases.arrays import read_manifest
-from metastases.atomic import write_csv, write_json
+from metastases.atomic import write_csv
 from metastases.cli import configure_logging, run_stage, stage_parser
+from metastases.metrics_file import write_metrics
 from metastases.params import CLASSES, SplitParams, section, shared_seed
 from metastases.splits import make_splits, split_summary
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     splits = make_splits(patients, params, seed)
     write_csv(args.out, splits)
-    write_json(args.metrics, split_summary(splits))
+    write_metrics(args.metrics, split_summary(splits), ("train_patients", "test_patients"))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ TINY = {
     "batch_size": 4, "threads": 1, "num_workers": 0, "device": "cpu", "restarts": 0, "parallel_folds": 1,
     "flip_horizontal": 0.0, "noise_std": 0.0, "intensity_shift": 0.0, "rotate_degrees": 0.0, "scale": 0.0,
 }  # fmt: skip
-OUTPUT_FILES = {"model.pt", "train.json", "curves.csv", "loss.png", "timing.json"}
+OUTPUT_FILES = {"model.pt", "train.json", "details", "curves.csv", "loss.png", "timing.json"}
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
+
+from metastases.params import TrainingParams
 
 sys.path.insert(0, str(Path(__file__).parent))
 from import_closure import ROOT, covered, import_closure
@@ -61,3 +64,17 @@ def test_no_param_is_named_like_a_key_the_run_cache_ignores() -> None:
 
     assert not {"size", "nfiles"} & set(keys(yaml.safe_load((ROOT / "params.yaml").read_text())))
     assert shutil.which("dvc") or (ROOT / ".venv/bin/dvc").exists()
+
+
+def test_every_training_field_that_changes_the_numbers_is_a_param_of_both_train_stages() -> None:
+    """The speed-only fields are declared once (``TrainingParams.SPEED_ONLY``); every other field is a DVC
+    param of train-2d and train-3d, so changing it re-runs training (and nothing else slips out)."""
+    fields = {f.name for f in dataclasses.fields(TrainingParams)} - {"dim"}
+    numbers = fields - set(TrainingParams.SPEED_ONLY)
+    assert set(TrainingParams.SPEED_ONLY) < fields
+    for dim in ("2d", "3d"):
+        listed = {str(p) for p in _stages()[f"train-{dim}"]["params"]}
+        section = f"train_{dim}"
+        params = {p.split(".", 1)[1] for p in listed if p.startswith(f"{section}.")}
+        assert section not in listed, f"{section} as a whole would make speed-only settings re-run training"
+        assert params == numbers, f"train-{dim}: missing {numbers - params}, speed-only {params - numbers}"

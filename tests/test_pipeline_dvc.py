@@ -174,8 +174,8 @@ def check_metrics_against_predictions(
 
 
 def test_evaluation_explains_calibrates_and_writes_the_model_card_from_its_own_numbers(repo):
-    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
-    cv = json.loads((repo / "metrics/cv.json").read_text())
+    evaluate = json.loads((repo / "metrics/details/evaluate.json").read_text())
+    cv = json.loads((repo / "metrics/details/cv.json").read_text())
     test = pd.read_csv(repo / "data/splits.csv", dtype={"patient": str}).query("split == 'test'")
     held_out = pd.read_csv(repo / "metrics/predictions.csv", dtype={"patient": str})
     out_of_fold = pd.read_csv(repo / "metrics/cv_predictions.csv", dtype={"patient": str})
@@ -244,7 +244,7 @@ def test_predict_gives_the_pipeline_score_for_a_renamed_shuffled_copy_of_a_test_
 def test_predict_scores_a_patient_generated_with_another_seed(repo, tmp_path):
     """Another generator seed and another geometry than the training cohort (matrices twice as large):
     preprocessing resamples, so the study is scored."""
-    cv = json.loads((repo / "metrics/cv.json").read_text())
+    cv = json.loads((repo / "metrics/details/cv.json").read_text())
     run([sys.executable, "-m", "metastases.demo_cohort", str(tmp_path / "other"), "--patients", "2", "--seed",
          "101", "--size-scale", "0.5", "--workers", "1"], repo)  # fmt: skip
     for patient in ("mts-1", "norma-1"):
@@ -329,3 +329,19 @@ def test_changing_only_the_in_plane_size_by_exp_run_rebuilds_the_arrays(repo):
     assert before == (3, 20, 32, 32) and shapes == {(3, 20, 40, 40)}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["stack-3d"]["params"]["params.yaml"]["stack_3d"]["image_size"] == 40
+
+
+def test_the_everyday_metrics_views_fit_a_terminal(repo):
+    """``dvc metrics show`` lists the headline keys of every stage within 200 columns; ``make metrics``
+    puts both models' numbers in one table within 120, the same numbers as the full metrics files."""
+    shown = run(["dvc", "metrics", "show"], repo)
+    assert max(len(line) for line in shown.splitlines()) <= 200, shown
+    for key in ("2d.auc", "3d.oof_auc", "3d.localisation", "folds_learned", "patients_ok", "test_patients"):
+        assert key in shown.splitlines()[0]
+    table = run([sys.executable, "-m", "metastases.compare.summary"], repo)
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    evaluate = json.loads((repo / "metrics/details/evaluate.json").read_text())
+    cv = json.loads((repo / "metrics/details/cv.json").read_text())
+    for dim in ("2d", "3d"):
+        row = next(line for line in table.splitlines() if line.startswith(dim.upper()))
+        assert f"{cv[dim]['oof_auc']:.3f}" in row and f"{evaluate[dim]['auc']:.3f} [" in row

@@ -19,6 +19,7 @@ from metastases.errors import UserError
 from metastases.evaluation.held_out import EvaluateOutputs, run_evaluation
 from metastases.evaluation.metrics import youden_threshold
 from metastases.evaluation.out_of_fold import CrossValidateOutputs, run_cross_validation
+from metastases.metrics_file import details_path
 from metastases.params import CrossValidateParams, EvaluateParams
 from metastases.training.checkpoint import load_ensemble
 from metastases.training.dataset import PatientArrays
@@ -108,7 +109,8 @@ def test_training_twice_gives_identical_metrics_and_curves(cohort: dict[str, Pat
         params = training_params("2d", **{**TINY, "num_workers": workers, "parallel_folds": folds})
         outputs = _outputs(tmp_path / name, "2d")
         runs.append(run_training(cohort["2d"], cohort["splits"], params, SEED, outputs))
-        assert json.loads(outputs.metrics.read_text()) == runs[-1]
+        assert json.loads(details_path(outputs.metrics).read_text()) == runs[-1]
+        assert json.loads(outputs.metrics.read_text()) == {"folds_learned": runs[-1]["folds_learned"]}
     assert runs[0] == runs[1] == runs[2] == runs[3] == runs[4]  # same numbers with workers, folds in parallel
     for other in "bcde":
         assert (tmp_path / "a/models/2d.pt").read_bytes() == (tmp_path / other / "models/2d.pt").read_bytes()
@@ -158,14 +160,16 @@ def test_the_final_model_is_the_fold_models_of_every_training_patient_and_never_
     sighted = _copy_without(cohort, tmp_path / "only_test", "train")
     results = run_evaluation(
         {"2d": sighted["2d"], "3d": sighted["3d"]}, models,
-        sighted["splits"], cv_out.metrics, PARAMS, EvaluateParams(bootstrap=200), SEED,
+        sighted["splits"], details_path(cv_out.metrics), PARAMS, EvaluateParams(bootstrap=200), SEED,
         EvaluateOutputs(
             tmp_path / "metrics/evaluate.json", tmp_path / "metrics/predictions.csv", tmp_path / "plots",
             tmp_path / "MODEL_CARD.md",
         ),
     )  # fmt: skip
-    written = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    written = json.loads((tmp_path / "metrics/details/evaluate.json").read_text())
     assert written == results
+    headline = json.loads((tmp_path / "metrics/evaluate.json").read_text())  # what dvc metrics show lists
+    assert headline == {dim: {"auc": results[dim]["auc"]} for dim in ("2d", "3d")}  # no lesion truth here
     for dim in ("2d", "3d"):
         block = written[dim]
         expected = {"auc", "auc_ci_low", "auc_ci_high", "accuracy", "balanced_accuracy", "sensitivity"}

@@ -109,7 +109,12 @@ def test_512_output_from_a_256_reference(tmp_path):
 
 @pytest.mark.parametrize(
     ("values", "message"),
-    [({"size": 16}, "size"), ({"image_size": 64, "depth_mode": "nearest"}, "depth_mode"), ({"image_size": 64, "depth_mode": "seed"}, "now called .study."), ({"colour": 1}, "unknown")],
+    [
+        ({"size": 16}, "size"),
+        ({"image_size": 64, "depth_mode": "nearest"}, "depth_mode"),
+        ({"image_size": 64, "depth_mode": "seed"}, "depth_mode: 'seed' is now called 'study'"),
+        ({"colour": 1}, "unknown"),
+    ],
 )
 def test_bad_volume_params_fail_with_one_clear_line(values, message):
     with pytest.raises(ParamsError, match=message) as excinfo:

@@ -347,7 +347,7 @@ def score_run(job: Job, trained: list[TrainedFold]) -> dict:
         meta={},
     )
     members = [member.fold for member in ensemble.members]
-    scores = np.mean([fold_scores[fold] for fold in members], axis=0)
+    scores = ensemble.mean_score(fold_scores)
     labels = test["label"].to_numpy()
     fold_aucs = [f.auc for f in folds]
     localisation = _localisation(ensemble, cohort, test, job.lesions, params, device)
@@ -408,14 +408,10 @@ def _localisation(
     return {"localisation_test": test_game.localisation, "localisation_oof": oof_game.localisation}
 
 
-SPEED_ONLY = ("threads", "num_workers", "parallel_folds", "nproc", "device")
-"""Training params that change the speed, not the numbers: not part of a run's identity."""
-
-
 def job_key(job: Job, data_id: str) -> str:
     """What makes a run reusable by ``--resume``: its row, training seed, every training setting that
     changes the numbers, and the data it trained on (``data_id``)."""
-    settings = {k: v for k, v in dataclasses.asdict(job.params).items() if k not in SPEED_ONLY}
+    settings = {k: v for k, v in dataclasses.asdict(job.params).items() if k not in TrainingParams.SPEED_ONLY}
     text = json.dumps([job.spec.name, job.seed, settings, data_id], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

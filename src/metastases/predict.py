@@ -164,7 +164,10 @@ def predict_study(
             )
         batch = torch.from_numpy(array)[None]
         members = [m.model for m in ensemble.members]
-        probability = float(np.mean([torch.softmax(m(batch), dim=1)[0, 1].item() for m in members]))
+        fold_scores = {
+            m.fold: np.array([torch.softmax(m.model(batch), dim=1)[0, 1].item()]) for m in ensemble.members
+        }
+        probability = float(ensemble.mean_score(fold_scores)[0])
         oof = ensemble.out_of_fold
         threshold = (
             youden_threshold(oof["label"], oof["score"])

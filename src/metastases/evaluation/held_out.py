@@ -12,6 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from metastases.arrays import load_geometry
-from metastases.atomic import write_csv, write_json
+from metastases.atomic import write_csv
 from metastases.errors import UserError
 from metastases.evaluation.calibration import PlattScaling, brier, plot_calibration
 from metastases.evaluation.evidence import (
@@ -34,6 +35,7 @@ from metastases.evaluation.evidence_plots import ModelView, plot_evidence_montag
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at, roc_table
 from metastases.evaluation.model_card import ModelCardInputs, write_model_card
 from metastases.lesion_truth import read_lesions
+from metastases.metrics_file import write_metrics
 from metastases.models import check_model
 from metastases.params import CLASSES, EvaluateParams, TrainingParams
 from metastases.plotting import plot_confusion, plot_roc
@@ -47,6 +49,9 @@ from metastases.volumes import GridGeometry
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
+
+HEADLINE = ("2d.auc", "2d.localisation", "3d.auc", "3d.localisation")
+"""What ``metrics/evaluate.json`` shows (``dvc metrics show``); the rest is in ``metrics/details/``."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,9 @@ def read_cv_thresholds(path: Path, dims: list[str]) -> dict[str, float]:
 
 def ensemble_scores(ensemble: Ensemble, loader: DataLoader, device: torch.device) -> np.ndarray:
     """Probability of metastases per sample: the mean of the ensemble members' probabilities."""
-    member_scores = [predict(member.model.to(device), loader, device)[0] for member in ensemble.members]
-    return np.mean(member_scores, axis=0)
+    return ensemble.mean_score(
+        {member.fold: predict(member.model.to(device), loader, device)[0] for member in ensemble.members}
+    )
 
 
 def read_cv_predictions(path: Path) -> pd.DataFrame:
@@ -112,6 +118,159 @@ def explain(
     return evidence_for([str(p) for p in patients["patient"]], heats)
 
 
+@dataclass
+class _Evaluated:
+    """One model's held-out results and what the stage's plots and tables need of them."""
+
+    name: str
+    """``3D cnn3d``: the legend of every plot."""
+    metrics: dict[str, Any]
+    scored: pd.DataFrame
+    """The test patients with their label and ``score``."""
+    roc: tuple[pd.DataFrame, float, tuple[float, float]]
+    calibration: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    explained: _Explained | None
+
+
+def _test_ensemble(
+    array_dir: Path, model_path: Path, splits_path: Path, params: TrainingParams
+) -> tuple[pd.DataFrame, Ensemble]:
+    """The test patients and the fold-model ensemble that scores them, checked to share no patient."""
+    check_model(params.model, params.dim, params.section_name)
+    cohort = load_cohort(array_dir, splits_path, params.dim)
+    test = cohort.part("test")
+    require_both_classes(test["label"], "the test split", "add patients or raise split.test_fraction")
+    shape = cohort.sample_shape(test)
+    ensemble = load_ensemble(model_path, params.model, params.dim, shape, f"train-{params.dim}")
+    leaked = set(test["patient"]) & {p for f in ensemble.folds for p in f.train_patients + f.val_patients}
+    if leaked:
+        raise UserError(
+            f"{model_path} was trained on {len(leaked)} patient(s) that the split now holds out "
+            f"for testing: the model and the split are from different runs; run dvc repro"
+        )
+    return test, ensemble
+
+
+def _calibration(
+    name: str, labels: np.ndarray, scores: np.ndarray, oof: pd.DataFrame | None, metrics: dict[str, Any]
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Reliability-diagram panels of one model; adds ``brier_platt`` (Platt scaling fitted out of fold)."""
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"out-of-fold": {}, "held-out": {}}
+    panels["held-out"][name] = (labels, scores)
+    if oof is not None and len(set(oof["label"])) == 2:
+        oof_labels, oof_scores = oof["label"].to_numpy(), oof["score"].to_numpy()
+        platt = PlattScaling.fit(oof_labels, oof_scores)
+        metrics["brier_platt"] = brier(labels, platt.apply(scores))
+        panels["out-of-fold"][name] = (oof_labels, oof_scores)
+        panels["held-out"][f"{name}, Platt-scaled on out-of-fold"] = (labels, platt.apply(scores))
+    return panels
+
+
+def _evaluate_model(
+    array_dir: Path,
+    model_path: Path,
+    splits_path: Path,
+    train_params: TrainingParams,
+    *,
+    params: EvaluateParams,
+    seed: int,
+    threshold: float,
+    lesions: pd.DataFrame | None,
+    oof: pd.DataFrame | None,
+) -> tuple[_Evaluated, Ensemble]:
+    """Score the test patients with one model's ensemble: AUC with its bootstrap CI, metrics at 0.5 and
+    at the out-of-fold ``threshold``, calibration, and where the evidence points (with ``lesions``).
+
+    Args:
+        array_dir: the model's arrays.
+        model_path: its fold-model checkpoint.
+        splits_path: ``data/splits.csv``.
+        train_params: its training section (model name, batch size, device).
+        params: the ``evaluate`` section.
+        seed: the shared seed (bootstrap).
+        threshold: the decision threshold chosen out of fold.
+        lesions: lesion truth of the raw cohort, if any.
+        oof: this model's out-of-fold predictions (Platt scaling), if any.
+    """
+    dim, model = train_params.dim, train_params.model
+    test, ensemble = _test_ensemble(array_dir, model_path, splits_path, train_params)
+    device = resolve_device(train_params.device)
+    configure_torch(train_params.deterministic, train_params.threads, device)
+    loader = make_loader(PatientArrays(array_dir, test), train_params.batch_size, False, seed, 0, device)
+    scores = ensemble_scores(ensemble, loader, device)
+    if not ensemble.learned:
+        log.error("evaluate %s: no fold model of %s learned; its scores are chance", dim, model)
+    labels = test["label"].to_numpy()
+    value = auc(labels, scores)
+    low, high = bootstrap_auc_ci(labels, scores, params.bootstrap, params.ci, seed)
+    metrics: dict[str, Any] = {
+        "auc": value,
+        "auc_ci_low": low,
+        "auc_ci_high": high,
+        **metrics_at(labels, scores, DEFAULT_THRESHOLD),
+        "threshold": threshold,
+        "at_cv_threshold": metrics_at(labels, scores, threshold),
+        "brier": brier(labels, scores),
+        "test_patients": len(test),
+        "learned": ensemble.learned,
+        "ensemble_models": len(ensemble.members),
+    }
+    name = f"{dim.upper()} {model}"
+    calibration = _calibration(name, labels, scores, oof, metrics)
+    explained = None
+    evidence = explain(ensemble, array_dir, test, device, train_params.batch_size)
+    if evidence is None:
+        log.info("evaluate %s: %s has no per-location evidence; no evidence maps", dim, model)
+    else:
+        patients = [str(p) for p in test["patient"]]
+        explained = _Explained(
+            name, array_dir, evidence, dict(zip(patients, scores.tolist(), strict=True)),
+            dict(zip(patients, labels.tolist(), strict=True)), threshold, load_geometry(array_dir),
+        )  # fmt: skip
+        if lesions is not None:
+            game = pointing_game(evidence, explained.labels, explained.geometry, lesions)
+            metrics["localisation"] = game.localisation
+            metrics["localisation_patients"] = game.patients
+            log.info("evaluate %s: highest evidence inside a true metastasis for %s of %d patients", dim,
+                     f"{game.localisation:.2f}" if game.localisation is not None else "none",
+                     game.patients)  # fmt: skip
+    log.info("evaluate %s: AUC %.3f [%.3f, %.3f] on %d test patients", dim, value, low, high, len(test))
+    scored = test.assign(score=scores)
+    evaluated = _Evaluated(name, metrics, scored, (roc_table(labels, scores), value, (low, high)),
+                           calibration, explained)  # fmt: skip
+    return evaluated, ensemble
+
+
+def _write_plots(evaluated: dict[str, _Evaluated], params: EvaluateParams, plots_dir: Path) -> None:
+    """ROC and confusion tables (DVC plots) and pictures, the reliability diagram."""
+    confusions: dict[str, pd.DataFrame] = {}
+    for dim, model in evaluated.items():
+        write_csv(plots_dir / "roc" / f"model_{dim}.csv", model.roc[0])
+        scored = model.scored
+        table = pd.DataFrame(
+            {
+                "patient": scored["patient"],
+                "actual": scored["label"].to_numpy(),
+                "predicted": (scored["score"].to_numpy() >= DEFAULT_THRESHOLD).astype(int),
+            }
+        )
+        confusions[f"{model.name} (threshold 0.5)"] = table
+        # class names, not 0/1, so DVC's confusion template labels its axes readably
+        named = table.assign(**{c: [CLASSES[v] for v in table[c]] for c in ("actual", "predicted")})
+        write_csv(plots_dir / "confusion" / f"model_{dim}.csv", named)
+    plot_roc({model.name: model.roc for model in evaluated.values()}, plots_dir / "roc.png")
+    plot_confusion(confusions, plots_dir / "confusion.png")
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"out-of-fold": {}, "held-out": {}}
+    for model in evaluated.values():
+        for title, curves in model.calibration.items():
+            panels[title].update(curves)
+    plot_calibration(
+        {title: curves for title, curves in panels.items() if curves},
+        params.calibration_bins,
+        plots_dir / "calibration.png",
+    )
+
+
 def run_evaluation(
     array_dirs: dict[str, Path],
     model_paths: dict[str, Path],
@@ -131,7 +290,7 @@ def run_evaluation(
         array_dirs: per model, the arrays (and their ``geometry.json``).
         model_paths: per model, the fold-model checkpoint.
         splits_path: ``data/splits.csv``.
-        cv_metrics_path: ``metrics/cv.json`` (the thresholds chosen out of fold).
+        cv_metrics_path: ``metrics/details/cv.json`` (the thresholds chosen out of fold).
         train_params: ``train_2d`` / ``train_3d`` (model name, batch size, device).
         params: the ``evaluate`` section.
         seed: the shared seed (bootstrap).
@@ -142,111 +301,18 @@ def run_evaluation(
     thresholds = read_cv_thresholds(cv_metrics_path, list(array_dirs))
     lesions = read_lesions(raw_dir) if raw_dir is not None else None
     oof = read_cv_predictions(cv_predictions_path) if cv_predictions_path is not None else None
-    explained: dict[str, _Explained] = {}
-    calibration_panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
-        "out-of-fold": {},
-        "held-out": {},
-    }
+    evaluated: dict[str, _Evaluated] = {}
     ensembles: dict[str, Ensemble] = {}
-    results: dict[str, dict] = {}
-    predictions: list[pd.DataFrame] = []
-    curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]] = {}
-    confusions: dict[str, pd.DataFrame] = {}
     for dim, array_dir in array_dirs.items():
-        model_params = train_params[dim]
-        check_model(model_params.model, dim, model_params.section_name)
-        cohort = load_cohort(array_dir, splits_path, dim)
-        test = cohort.part("test")
-        require_both_classes(test["label"], "the test split", "add patients or raise split.test_fraction")
-        shape = cohort.sample_shape(test)
-        ensemble = load_ensemble(model_paths[dim], model_params.model, dim, shape, f"train-{dim}")
-        leaked = set(test["patient"]) & {p for f in ensemble.folds for p in f.train_patients + f.val_patients}
-        if leaked:
-            raise UserError(
-                f"{model_paths[dim]} was trained on {len(leaked)} patient(s) that the split now holds out "
-                f"for testing: the model and the split are from different runs; run dvc repro"
-            )
-        device = resolve_device(model_params.device)
-        configure_torch(model_params.deterministic, model_params.threads, device)
-        loader = make_loader(PatientArrays(array_dir, test), model_params.batch_size, False, seed, 0, device)
-        scores = ensemble_scores(ensemble, loader, device)
-        if not ensemble.learned:
-            log.error(
-                "evaluate %s: no fold model of %s learned; its scores are chance", dim, model_params.model
-            )
-        labels = test["label"].to_numpy()
-        value = auc(labels, scores)
-        low, high = bootstrap_auc_ci(labels, scores, params.bootstrap, params.ci, seed)
-        threshold = thresholds[dim]
-        ensembles[dim] = ensemble
-        results[dim] = {
-            "auc": value,
-            "auc_ci_low": low,
-            "auc_ci_high": high,
-            **metrics_at(labels, scores, DEFAULT_THRESHOLD),
-            "threshold": threshold,
-            "at_cv_threshold": metrics_at(labels, scores, threshold),
-            "brier": brier(labels, scores),
-            "test_patients": len(test),
-            "learned": ensemble.learned,
-            "ensemble_models": len(ensemble.members),
-        }
-        name = f"{dim.upper()} {model_params.model}"
-        calibration_panels["held-out"][name] = (labels, scores)
-        if oof is not None:
-            model_oof = oof[oof["model"] == dim]
-            if len(set(model_oof["label"])) == 2:
-                oof_labels, oof_scores = model_oof["label"].to_numpy(), model_oof["score"].to_numpy()
-                platt = PlattScaling.fit(oof_labels, oof_scores)
-                results[dim]["brier_platt"] = brier(labels, platt.apply(scores))
-                calibration_panels["out-of-fold"][name] = (oof_labels, oof_scores)
-                calibration_panels["held-out"][f"{name}, Platt-scaled on out-of-fold"] = (
-                    labels, platt.apply(scores)
-                )  # fmt: skip
-        evidence = explain(ensemble, array_dir, test, device, model_params.batch_size)
-        if evidence is None:
-            log.info(
-                "evaluate %s: %s has no per-location evidence; no evidence maps", dim, model_params.model
-            )
-        else:
-            patients = [str(p) for p in test["patient"]]
-            explained[dim] = _Explained(
-                name, array_dir, evidence, dict(zip(patients, scores.tolist(), strict=True)),
-                dict(zip(patients, labels.tolist(), strict=True)), threshold, load_geometry(array_dir),
-            )  # fmt: skip
-            if lesions is not None:
-                game = pointing_game(evidence, explained[dim].labels, explained[dim].geometry, lesions)
-                results[dim]["localisation"] = game.localisation
-                results[dim]["localisation_patients"] = game.patients
-                log.info("evaluate %s: highest evidence inside a true metastasis for %s of %d patients", dim,
-                         f"{game.localisation:.2f}" if game.localisation is not None else "none",
-                         game.patients)  # fmt: skip
-        predictions.append(test.assign(score=scores, model=dim))
-        curves[f"{dim.upper()} {model_params.model}"] = (roc_table(labels, scores), value, (low, high))
-        confusions[dim] = pd.DataFrame(
-            {
-                "patient": test["patient"],
-                "actual": labels,
-                "predicted": (scores >= DEFAULT_THRESHOLD).astype(int),
-            }
-        )
-        log.info("evaluate %s: AUC %.3f [%.3f, %.3f] on %d test patients", dim, value, low, high, len(test))
-    for (dim, table), (_, (roc, _, _)) in zip(confusions.items(), curves.items(), strict=True):
-        write_csv(outputs.plots_dir / "roc" / f"model_{dim}.csv", roc)
-        # class names, not 0/1, so DVC's confusion template labels its axes readably
-        named = table.assign(**{c: [CLASSES[v] for v in table[c]] for c in ("actual", "predicted")})
-        write_csv(outputs.plots_dir / "confusion" / f"model_{dim}.csv", named)
-    plot_roc(curves, outputs.plots_dir / "roc.png")
-    plot_confusion(
-        {f"{d.upper()} {train_params[d].model} (threshold 0.5)": t for d, t in confusions.items()},
-        outputs.plots_dir / "confusion.png",
-    )
-    plot_calibration(
-        {title: curves for title, curves in calibration_panels.items() if curves},
-        params.calibration_bins,
-        outputs.plots_dir / "calibration.png",
-    )
+        evaluated[dim], ensembles[dim] = _evaluate_model(
+            array_dir, model_paths[dim], splits_path, train_params[dim], params=params, seed=seed,
+            threshold=thresholds[dim], lesions=lesions, oof=None if oof is None else oof[oof["model"] == dim],
+        )  # fmt: skip
+    results = {dim: model.metrics for dim, model in evaluated.items()}
+    _write_plots(evaluated, params, outputs.plots_dir)
+    explained = {dim: model.explained for dim, model in evaluated.items() if model.explained is not None}
     write_evidence_pictures(explained, lesions, outputs.plots_dir)
+    predictions = [model.scored.assign(model=dim) for dim, model in evaluated.items()]
     write_csv(
         outputs.predictions, pd.concat(predictions, ignore_index=True)[["patient", "label", "score", "model"]]
     )
@@ -262,7 +328,7 @@ def run_evaluation(
             has_lesion_truth=lesions is not None,
         ),
     )
-    write_json(outputs.metrics, results)
+    write_metrics(outputs.metrics, results, HEADLINE)
     return results
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from metastases.arrays import load_geometry
-from metastases.atomic import write_csv, write_json
+from metastases.atomic import write_csv
 from metastases.evaluation.calibration import brier
 from metastases.evaluation.evidence import (
     Evidence,
@@ -29,6 +29,7 @@ from metastases.evaluation.evidence import (
 )
 from metastases.evaluation.metrics import auc, roc_table, youden_threshold
 from metastases.lesion_truth import read_lesions
+from metastases.metrics_file import write_metrics
 from metastases.models import check_model
 from metastases.params import CrossValidateParams, TrainingParams
 from metastases.training.checkpoint import Ensemble, load_ensemble
@@ -36,6 +37,9 @@ from metastases.training.dataset import PatientArrays
 from metastases.training.loop import make_loader
 
 log = logging.getLogger(__name__)
+
+HEADLINE = ("2d.oof_auc", "2d.localisation", "3d.oof_auc", "3d.localisation")
+"""What ``metrics/cv.json`` shows (``dvc metrics show``); the threshold and the rest: ``metrics/details/``."""
 
 
 @dataclass(frozen=True)
@@ -151,5 +155,5 @@ def run_cross_validation(
             outputs.plots_dir / "cv_roc" / f"model_{dim}.csv", roc_table(dim_oof["label"], dim_oof["score"])
         )
     write_csv(outputs.predictions, oof)
-    write_json(outputs.metrics, summary)
+    write_metrics(outputs.metrics, summary, HEADLINE)
     return summary

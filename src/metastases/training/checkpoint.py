@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -54,6 +56,12 @@ class Ensemble:
     @property
     def learned(self) -> bool:
         return any(f.learned for f in self.folds)
+
+    def mean_score(self, fold_scores: Mapping[int, np.ndarray]) -> np.ndarray:
+        """The ensemble's probability of metastases per sample: the mean over its :attr:`members` of
+        ``fold_scores`` (each fold model's probabilities, keyed by fold). Evaluate, predict and the
+        benchmark all score through here."""
+        return np.mean([fold_scores[member.fold] for member in self.members], axis=0)
 
 
 def save_ensemble(path: Path, cv: FoldModels, *, model_name: str, dim: str,

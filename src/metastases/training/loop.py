@@ -270,6 +270,83 @@ def fit_check(
     return float(loss or 0.0), auc
 
 
+@dataclass
+class _Loaders:
+    """What :func:`fit` iterates: the augmented training set (its epoch drives the augmentation) and the
+    loaders of one run (this rank's share under DistributedDataParallel)."""
+
+    train_set: PatientArrays
+    train: DataLoader
+    validation: DataLoader | None
+    workers: int
+
+
+def _make_loaders(
+    array_dir: Path,
+    train: pd.DataFrame,
+    validation: pd.DataFrame | None,
+    params: TrainingParams,
+    *,
+    seed: int,
+    device: torch.device,
+    group: Group | None,
+) -> _Loaders:
+    """The training loader (augmented, shuffled, seeded) and the validation loader, if any, of one fit."""
+    processes = (
+        fold_processes(params.parallel_folds, device, params.threads) if group is None else group.world
+    )
+    workers = loader_workers(params.num_workers, device, processes)
+    train_set = PatientArrays(array_dir, train, Augmentation(params), seed=seed)
+    val_set = None if validation is None else PatientArrays(array_dir, validation)
+    val_loader = None
+    if group is None:
+        train_loader = make_loader(train_set, params.batch_size, True, seed, workers, device)
+        if val_set is not None:
+            val_loader = make_loader(val_set, params.batch_size, False, seed, workers, device)
+    else:
+        train_loader = _rank_loader(train_set, params.batch_size, seed, workers, device, group)
+        if val_set is not None:  # this rank's shard of the validation patients; the scores are gathered
+            shard = Subset(val_set, list(range(group.rank, len(val_set), group.world)))
+            val_loader = make_loader(shard, params.batch_size, False, seed, workers, device)  # type: ignore[arg-type]
+    return _Loaders(train_set, train_loader, val_loader, workers)
+
+
+def _validate(
+    network: nn.Module,
+    model: nn.Module,
+    loader: DataLoader,
+    labels: np.ndarray,
+    record: EpochRecord,
+    *,
+    device: torch.device,
+    group: Group | None,
+) -> tuple[EpochRecord, np.ndarray]:
+    """``record`` completed with the validation loss, accuracy at 0.5 and AUC; the validation scores."""
+    criterion = nn.CrossEntropyLoss()
+    if group is None:
+        scores, val_loss = predict(model, loader, device, criterion)
+    else:
+        scores, val_loss = _predict_gathered(network, loader, device, criterion, group)
+    accuracy = float(np.mean((scores >= 0.5) == labels))
+    auc = float(roc_auc_score(labels, scores))
+    return EpochRecord(record.epoch, record.train_loss, val_loss, accuracy, auc), scores
+
+
+def _log_fit(description: str, params: TrainingParams, result: FitResult) -> None:
+    last = result.epochs[-1]
+    log.info(
+        "%s: %d epochs (%s), train loss %.4f (fitted: %s), val loss %s, val AUC %s, data wait %.1f%%",
+        description,
+        params.epochs,
+        result.precision,
+        last.train_loss,
+        f"{result.fitted_loss:.4f}, AUC {result.fitted_auc:.3f}",
+        "n/a" if last.val_loss is None else f"{last.val_loss:.4f}",
+        "n/a" if last.val_auc is None else f"{last.val_auc:.3f}",
+        100 * result.timing.data_wait_share,
+    )
+
+
 def fit(
     array_dir: Path,
     train: pd.DataFrame,
@@ -298,38 +375,16 @@ def fit(
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     precision = resolve_precision(params.precision, device, f"{params.section_name}.precision")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "float16")
-    processes = (
-        fold_processes(params.parallel_folds, device, params.threads) if group is None else group.world
-    )
-    workers = loader_workers(params.num_workers, device, processes)
-    train_set = PatientArrays(array_dir, train, Augmentation(params), seed=seed)
-    val_set = None if validation is None else PatientArrays(array_dir, validation)
-    val_loader = None
-    if group is None:
-        train_loader = make_loader(train_set, params.batch_size, True, seed, workers, device)
-        if val_set is not None:
-            val_loader = make_loader(val_set, params.batch_size, False, seed, workers, device)
-    else:
-        train_loader = _rank_loader(train_set, params.batch_size, seed, workers, device, group)
-        if val_set is not None:  # this rank's shard of the validation patients; the scores are gathered
-            shard = Subset(val_set, list(range(group.rank, len(val_set), group.world)))
-            val_loader = make_loader(shard, params.batch_size, False, seed, workers, device)  # type: ignore[arg-type]
+    loaders = _make_loaders(array_dir, train, validation, params, seed=seed, device=device, group=group)
     result = FitResult(model=network, input_shape=tuple(input_shape), precision=precision)
     step = 0
     progress = tqdm(range(1, params.epochs + 1), desc=description, unit="epoch", leave=False, disable=None)
     for epoch in progress:
-        train_set.set_epoch(epoch)
+        loaders.train_set.set_epoch(epoch)
         losses, timing = train_one_epoch(
-            model,
-            train_loader,
-            criterion,
-            optimizer,
-            device,
-            scaler,
-            group=group,
-            micro_batch=params.micro_batch,
-            precision=precision,
-        )
+            model, loaders.train, criterion, optimizer, device, scaler,
+            group=group, micro_batch=params.micro_batch, precision=precision,
+        )  # fmt: skip
         result.timing.add(timing)
         if schedule is not None:
             schedule.step()
@@ -337,37 +392,18 @@ def fit(
             step += 1
             result.steps.append((step, epoch, loss))
         record = EpochRecord(epoch, float(np.mean(losses)), None, None, None)
-        if val_loader is not None and validation is not None:
-            if group is None:
-                scores, val_loss = predict(model, val_loader, device, criterion)
-            else:
-                scores, val_loss = _predict_gathered(network, val_loader, device, criterion, group)
+        if loaders.validation is not None and validation is not None:
             labels = validation["label"].to_numpy()
-            record = EpochRecord(
-                epoch,
-                record.train_loss,
-                val_loss,
-                float(np.mean((scores >= 0.5) == labels)),
-                float(roc_auc_score(labels, scores)),
+            record, result.val_scores = _validate(
+                network, model, loaders.validation, labels, record, device=device, group=group
             )
-            result.val_scores = scores
         result.epochs.append(record)
         progress.set_postfix(loss=f"{record.train_loss:.3f}")
         log.debug("%s epoch %d: %s", description, epoch, record)
     if group is not None:
         sync_buffers(network)  # every rank judges rank 0's model alike, so all take the same restart decision
-    fitted = make_loader(PatientArrays(array_dir, train), params.batch_size, False, seed, workers, device)
+    unaugmented = PatientArrays(array_dir, train)
+    fitted = make_loader(unaugmented, params.batch_size, False, seed, loaders.workers, device)
     result.fitted_loss, result.fitted_auc = fit_check(network, fitted, device, train["label"].to_numpy())
-    last = result.epochs[-1]
-    log.info(
-        "%s: %d epochs (%s), train loss %.4f (fitted: %s), val loss %s, val AUC %s, data wait %.1f%%",
-        description,
-        params.epochs,
-        precision,
-        last.train_loss,
-        f"{result.fitted_loss:.4f}, AUC {result.fitted_auc:.3f}",
-        "n/a" if last.val_loss is None else f"{last.val_loss:.4f}",
-        "n/a" if last.val_auc is None else f"{last.val_auc:.3f}",
-        100 * result.timing.data_wait_share,
-    )
+    _log_fit(description, params, result)
     return result

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from metastases.atomic import write_csv, write_json
+from metastases.metrics_file import write_metrics
 from metastases.models import check_model
 from metastases.params import TrainingParams, VolumeParams
 from metastases.plotting import plot_cv_loss
@@ -157,6 +158,7 @@ def _write_outputs(
     process) alone."""
     learned = cv.learned_folds
     metrics: dict[str, object] = {
+        "model": params.model,
         "epochs": params.epochs,
         "folds": len(cv.folds),
         "train_patients": len(cv.out_of_fold),
@@ -195,7 +197,7 @@ def _write_outputs(
     write_csv(outputs.curves, table)
     plot_cv_loss(table, f"{params.dim.upper()} {params.model}, {len(cv.folds)} fold models", outputs.png)
     write_json(outputs.timing, timing)
-    write_json(outputs.metrics, metrics)
+    write_metrics(outputs.metrics, metrics, ("folds_learned",))
     if not learned:
         log.error(
             "train %s: NO fold model of %s separates its training patients (mean AUC %.3f without "

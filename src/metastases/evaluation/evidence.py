@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,8 @@ from torch.utils.data import DataLoader
 from metastases.models import evidence_map, has_evidence
 from metastases.params import SEQUENCES
 from metastases.training.checkpoint import Ensemble
+from metastases.training.dataset import PatientArrays
+from metastases.training.loop import make_loader
 from metastases.training.runtime import amp_enabled
 from metastases.volumes import GridGeometry
 
@@ -116,6 +119,16 @@ def make_evidence(patient: str, heat: np.ndarray) -> Evidence:
 
 def evidence_for(patients: list[str], heats: list[np.ndarray]) -> dict[str, Evidence]:
     return {p: make_evidence(p, h) for p, h in zip(patients, heats, strict=True)}
+
+
+def explain_patients(
+    models: list[nn.Module], array_dir: Path, patients: pd.DataFrame, *, depth: int, device: torch.device,
+    batch_size: int,
+) -> dict[str, Evidence]:  # fmt: skip
+    """Each of ``patients``' evidence: the mean map of ``models`` over its arrays (``depth`` slices)."""
+    loader = make_loader(PatientArrays(array_dir, patients), batch_size, False, 0, 0, device)
+    heats = ensemble_evidence(models, loader, device, depth=depth)
+    return evidence_for([str(p) for p in patients["patient"]], heats)
 
 
 def can_explain(models: list[nn.Module]) -> bool:

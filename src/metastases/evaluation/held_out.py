@@ -23,14 +23,7 @@ from metastases.arrays import load_geometry
 from metastases.atomic import write_csv
 from metastases.errors import UserError
 from metastases.evaluation.calibration import PlattScaling, brier, plot_calibration
-from metastases.evaluation.evidence import (
-    Evidence,
-    array_depth,
-    can_explain,
-    ensemble_evidence,
-    evidence_for,
-    pointing_game,
-)
+from metastases.evaluation.evidence import Evidence, array_depth, can_explain, explain_patients, pointing_game
 from metastases.evaluation.evidence_plots import ModelView, plot_evidence_montage, plot_patient_evidence
 from metastases.evaluation.metrics import auc, bootstrap_auc_ci, metrics_at, roc_table
 from metastases.evaluation.model_card import ModelCardInputs, write_model_card
@@ -112,10 +105,8 @@ def explain(
     models = [m.model for m in ensemble.members]
     if not can_explain(models):
         return None
-    loader = make_loader(PatientArrays(array_dir, patients), batch_size, False, 0, 0, device)
     depth = array_depth(ensemble)
-    heats = ensemble_evidence(models, loader, device, depth=depth)
-    return evidence_for([str(p) for p in patients["patient"]], heats)
+    return explain_patients(models, array_dir, patients, depth=depth, device=device, batch_size=batch_size)
 
 
 @dataclass

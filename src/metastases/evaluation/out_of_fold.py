@@ -19,22 +19,13 @@ import torch
 from metastases.arrays import load_geometry
 from metastases.atomic import write_csv
 from metastases.evaluation.calibration import brier
-from metastases.evaluation.evidence import (
-    Evidence,
-    array_depth,
-    can_explain,
-    ensemble_evidence,
-    evidence_for,
-    pointing_game,
-)
+from metastases.evaluation.evidence import Evidence, array_depth, can_explain, explain_patients, pointing_game
 from metastases.evaluation.metrics import auc, roc_table, youden_threshold
 from metastases.lesion_truth import read_lesions
 from metastases.metrics_file import write_metrics
 from metastases.models import check_model
 from metastases.params import CrossValidateParams, TrainingParams
 from metastases.training.checkpoint import Ensemble, load_ensemble
-from metastases.training.dataset import PatientArrays
-from metastases.training.loop import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +87,9 @@ def out_of_fold_evidence(ensemble: Ensemble, array_dir: Path, batch_size: int) -
     evidence: dict[str, Evidence] = {}
     for fold in ensemble.folds:
         rows = ensemble.out_of_fold[ensemble.out_of_fold["fold"] == fold.fold]
-        loader = make_loader(PatientArrays(array_dir, rows), batch_size, False, 0, 0, device)
-        heats = ensemble_evidence([fold.model], loader, device, depth=depth)
-        evidence.update(evidence_for([str(p) for p in rows["patient"]], heats))
+        evidence |= explain_patients(
+            [fold.model], array_dir, rows, depth=depth, device=device, batch_size=batch_size
+        )
     return evidence
 
 

@@ -18,6 +18,7 @@ is compared with the standard normal.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,34 +154,23 @@ def delong_paired_test(
     delta = auc_b - auc_a
     if abs(delta) <= DELTA_FLOOR:
         delta = 0.0
-    note = ""
-    if variance <= VARIANCE_FLOOR:
-        se = 0.0
-        if delta == 0.0:
-            z, p_value = 0.0, 1.0
-        else:
-            z, p_value = float(np.sign(delta) * np.inf), 0.0
-            note = "variance estimate 0 (degenerate scores): the interval and p-value are not informative"
-    else:
-        se = float(np.sqrt(variance))
-        z = delta / se
-        p_value = float(2.0 * norm.sf(abs(z)))
+    degenerate = "variance estimate 0 (degenerate scores): the interval and p-value are not informative"
+    se = float(np.sqrt(variance)) if variance > VARIANCE_FLOOR else 0.0
+    z, p_value, note = _z_test(delta, se, degenerate)
     low, high = _interval(delta, se, confidence)
-    return PairedAucTest(
-        auc_a=auc_a,
-        auc_b=auc_b,
-        delta=delta,
-        se=se,
-        z=z,
-        ci_low=low,
-        ci_high=high,
-        p_value=p_value,
-        positives=m,
-        negatives=n,
-        confidence=confidence,
-        method="DeLong",
-        note=note,
-    )
+    result = PairedAucTest(auc_a, auc_b, delta, se, z, low, high, p_value, m, n, confidence)
+    return dataclasses.replace(result, method="DeLong", note=note)
+
+
+def _z_test(delta: float, se: float, degenerate: str) -> tuple[float, float, str]:
+    """``z``, its two-sided p-value and a note; with ``se`` 0 (degenerate scores) ``p`` is 1 for no
+    difference and 0 for any other, and the note (``degenerate``) says that it is not informative."""
+    if se > 0.0:
+        z = delta / se
+        return z, float(2.0 * norm.sf(abs(z))), ""
+    if delta == 0.0:
+        return 0.0, 1.0, ""
+    return float(np.sign(delta) * np.inf), 0.0, degenerate
 
 
 def _auc_of_rows(positive_scores: np.ndarray, negative_scores: np.ndarray) -> np.ndarray:
@@ -234,29 +224,8 @@ def paired_bootstrap(
     tail = (1.0 - confidence) / 2.0
     low, high = (float(v) for v in np.quantile(deltas, [tail, 1.0 - tail]))
     sd = float(np.std(deltas, ddof=1))
-    note = ""
-    if sd <= np.sqrt(VARIANCE_FLOOR):
-        sd = 0.0
-        if delta == 0.0:
-            z, p_value = 0.0, 1.0
-        else:
-            z, p_value = float(np.sign(delta) * np.inf), 0.0
-            note = "bootstrap differences all equal (degenerate scores): the p-value is not informative"
-    else:
-        z = delta / sd
-        p_value = float(2.0 * norm.sf(abs(z)))
-    return PairedAucTest(
-        auc_a=auc_a,
-        auc_b=auc_b,
-        delta=delta,
-        se=sd,
-        z=z,
-        ci_low=low,
-        ci_high=high,
-        p_value=p_value,
-        positives=m,
-        negatives=n,
-        confidence=confidence,
-        method="paired bootstrap",
-        note=note,
-    )
+    sd = sd if sd > np.sqrt(VARIANCE_FLOOR) else 0.0
+    degenerate = "bootstrap differences all equal (degenerate scores): the p-value is not informative"
+    z, p_value, note = _z_test(delta, sd, degenerate)
+    result = PairedAucTest(auc_a, auc_b, delta, sd, z, low, high, p_value, m, n, confidence)
+    return dataclasses.replace(result, method="paired bootstrap", note=note)

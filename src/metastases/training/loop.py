@@ -282,10 +282,10 @@ class _Loaders:
 
 
 def _make_loaders(
+    params: TrainingParams,
     array_dir: Path,
     train: pd.DataFrame,
     validation: pd.DataFrame | None,
-    params: TrainingParams,
     *,
     seed: int,
     device: torch.device,
@@ -375,7 +375,7 @@ def fit(
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     precision = resolve_precision(params.precision, device, f"{params.section_name}.precision")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "float16")
-    loaders = _make_loaders(array_dir, train, validation, params, seed=seed, device=device, group=group)
+    loaders = _make_loaders(params, array_dir, train, validation, seed=seed, device=device, group=group)
     result = FitResult(model=network, input_shape=tuple(input_shape), precision=precision)
     step = 0
     progress = tqdm(range(1, params.epochs + 1), desc=description, unit="epoch", leave=False, disable=None)

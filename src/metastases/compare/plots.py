@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.verbose)
     if args.dvc_template is not None:
         write_text(args.dvc_template, offline_dvc_template())
-        log.info("wrote %s: dvc plots show draws offline (.dvc/config plots.html_template)", args.dvc_template)
+        log.info(
+            "wrote %s: dvc plots show draws offline (.dvc/config plots.html_template)", args.dvc_template
+        )
         return
     write_offline_plots(args.revs, args.out, args.repo)
 

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from metastases.compare.render import remote_references
+from metastases.compare.report import metrics_diff
 
 pytestmark = pytest.mark.slow
 
@@ -531,6 +532,37 @@ def _value(data: dict, kind: str, path: str, dotted: str) -> object:
     for key in dotted.split("."):
         value = value[key]
     return value
+
+
+def test_report_compares_the_details_with_the_base_from_before_they_were_split_off(tmp_path: Path) -> None:
+    """A base revision kept every number in the declared metrics file; the head declares a headline and
+    writes the rest to metrics/details/: the report pairs each detail with the base's headline file, and
+    lists only what changed (through the real dvc metrics diff)."""
+    repo = tmp_path / "split"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "toy@example.invalid")
+    git(repo, "config", "user.name", "toy")
+    dvc(repo, "init", "-q")
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/cv.json\n")
+    (repo / "metrics").mkdir()
+    (repo / "metrics/cv.json").write_text(json.dumps({"2d": {"oof_auc": 0.6, "brier": 0.2, "folds": 5}}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base: one file")
+    (repo / "metrics/details").mkdir()
+    (repo / "metrics/details/cv.json").write_text(
+        json.dumps({"2d": {"oof_auc": 0.6, "brier": 0.25, "folds": 5}})
+    )
+    (repo / "metrics/cv.json").write_text(json.dumps({"2d": {"oof_auc": 0.6}}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "head: headline and details")
+    diff = metrics_diff("HEAD~1", "HEAD", repo, all_metrics=False)
+    assert diff == {
+        "metrics/details/cv.json": {"2d.brier": {"old": 0.2, "new": 0.25, "diff": pytest.approx(0.05)}}
+    }
+    every = metrics_diff("HEAD~1", "HEAD", repo, all_metrics=True)
+    assert every["metrics/details/cv.json"]["2d.folds"] == {"old": 5, "new": 5, "diff": 0}
+    assert set(every["metrics/cv.json"]) == {"2d.oof_auc"}
 
 
 def test_exp_run_set_param_changes_metrics_and_exp_show_lists_them(toy: Toy) -> None:

@@ -55,12 +55,21 @@ def revisions(base: str, head: str) -> list[str]:
     return [base] if head == WORKSPACE else [base, head]
 
 
-def metrics_diff(base: str, head: str = WORKSPACE, repo: Path | str = ".", *, all_: bool = False) -> dict:
+def metrics_diff(
+    base: str,
+    head: str = WORKSPACE,
+    repo: Path | str = ".",
+    *,
+    all_: bool = False,
+    targets: Sequence[str] = (),
+) -> dict:
     """``dvc metrics diff``: ``{metrics_file: {"a.b.key": {"old": x, "new": y, "diff": y - x}}}``.
 
-    Only changed metrics unless ``all_``; metrics missing on one side have no ``"diff"``.
+    Only changed metrics unless ``all_``; metrics missing on one side have no ``"diff"``. ``targets``:
+    these files instead of the declared metrics (any JSON file; one absent at a revision is all ``None``).
     """
-    return dvc_json(["metrics", "diff", *revisions(base, head), *(["--all"] if all_ else [])], repo)
+    args = ["metrics", "diff", *revisions(base, head), *(["--all"] if all_ else [])]
+    return dvc_json([*args, *(["--targets", *targets] if targets else [])], repo)
 
 
 def params_diff(base: str, head: str = WORKSPACE, repo: Path | str = ".") -> dict:

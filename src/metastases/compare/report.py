@@ -124,6 +124,42 @@ def params_section(diff: Mapping[str, Any], base: str, head: str) -> str:
     return f"## Params that changed\n\n{table}\n"
 
 
+def metrics_diff(base: str, head: str, repo: Path, *, all_metrics: bool) -> dict[str, dict[str, Any]]:
+    """The declared (headline) metrics and every number of ``metrics/details/`` of both revisions.
+
+    A revision from before the details were split off kept every number in the headline file itself:
+    a key of ``metrics/details/<name>`` absent there at the base is compared with the base's
+    ``metrics/<name>``, so the report compares across the split instead of listing every key twice.
+    """
+    diff = dvc_cli.metrics_diff(base, head, repo, all_=True)
+    details = sorted(p.relative_to(repo).as_posix() for p in (repo / "metrics" / "details").glob("*.json"))
+    if details:
+        for path, keys in dvc_cli.metrics_diff(base, head, repo, all_=True, targets=details).items():
+            headline = diff.get(Path(path).parent.parent.joinpath(Path(path).name).as_posix(), {})
+            for name, change in keys.items():
+                before = headline.get(name)
+                if change.get("old") is None and before is not None and before.get("old") is not None:
+                    keys[name] = _change(before["old"], change.get("new"))
+                    if before.get("new") is None:
+                        del headline[name]  # moved from the headline file to the details
+            diff[path] = keys
+    changed = {
+        path: {
+            name: change
+            for name, change in keys.items()
+            if all_metrics or change.get("old") != change.get("new")
+        }
+        for path, keys in diff.items()
+    }
+    return {path: keys for path, keys in changed.items() if keys}
+
+
+def _change(old: Any, new: Any) -> dict[str, Any]:
+    """One entry as ``dvc metrics diff --json`` writes it: a ``diff`` only between two numbers."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    return {"old": old, "new": new, **({"diff": new - old} if numbers else {})}
+
+
 def metrics_section(diff: Mapping[str, Any], base: str, head: str, all_metrics: bool) -> str:
     rows = diff_rows(diff)
     heading = "## Metrics" if all_metrics else "## Metrics that changed"
@@ -411,7 +447,7 @@ def write_report(
     out_dir = Path(out_dir)
     paired = paired_section(base, head, repo)  # first: a missing predictions file fails fast
     params = dvc_cli.params_diff(base, head, repo)
-    metrics = dvc_cli.metrics_diff(base, head, repo, all_=all_metrics)
+    metrics = metrics_diff(base, head, repo, all_metrics=all_metrics)
     image_dir = out_dir / ".dvc_images"
     doc = dvc_cli.plots_json(dvc_cli.revisions(base, head), repo, image_dir=image_dir.resolve())
     plots = parse_plots(doc, root=repo)

@@ -75,12 +75,12 @@ push: install
 pull: install
 	$(BIN)/python -m metastases.remote pull $(if $(REMOTE),--remote $(REMOTE))
 
-# Baselines vs defaults vs a histogram reference on a 240-patient demo cohort (generator seed 11), built
-# from scratch under data/benchmark/, 3 training seeds (the slow baselines once); the table lands in
-# data/benchmark/benchmark.md (several hours on 2 cores: see docs/benchmark.md). The table is rewritten
-# after every run, and a rerun resumes: runs with the same settings, data and code are kept.
+# The benchmark and the learning curve: `dvc repro` of benchmark/dvc.yaml (a DVC project of its own) on a
+# 240-patient demo cohort; one stage per run, so an interrupted benchmark resumes where it stopped.
+# benchmark/benchmark.md, benchmark/metrics/, benchmark/plots/learning_curve.png (hours on 2 cores:
+# docs/benchmark.md). STAGES=curve (or curve@3d-42-96, baselines, ...) runs only those and what they need.
 benchmark: install
-	$(BIN)/python -m metastases.benchmark --build data/benchmark --seeds 3 --jobs 2 --threads 1 --resume
+	cd benchmark && ../$(BIN)/dvc repro $(STAGES)
 
 # Score a new patient's DICOM folder with the trained models: probabilities, decisions at the out-of-fold
 # threshold, evidence picture -> $(OUT)/prediction.json, $(OUT)/evidence.png. Nothing identifying is written.
@@ -91,9 +91,10 @@ predict: install
 
 # A pull-request report against another revision: report/report.md + PNGs of both revisions.
 HEAD ?= workspace
+REPO ?= .
 report: install
 	@test -n "$(BASE)" || { echo "usage: make report BASE=<rev> [HEAD=<rev>|workspace]"; exit 2; }
-	$(BIN)/python -m metastases.compare.report --base $(BASE) --head $(HEAD) --out report
+	$(BIN)/python -m metastases.compare.report --base $(BASE) --head $(HEAD) --repo $(REPO) --out $(REPO)/report
 
 # Offline `dvc plots show` (no REVS) or `dvc plots diff $(REVS)`: dvc_plots/index.html + PNGs, no CDN.
 plots: install

@@ -124,7 +124,7 @@ def test_two_gloo_processes_match_one_process_without_batch_norm(
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p.name for p in (tmp_path / "two").iterdir()} == OUTPUT_FILES  # one set, no temporary files
     assert json.loads((tmp_path / "two/timing.json").read_text())["processes"] == 2
-    metrics = json.loads((tmp_path / "two/train.json").read_text())
+    metrics = json.loads((tmp_path / "two/details/train.json").read_text())
     assert metrics.keys() == reference.keys()
     assert metrics["oof_auc"] == pytest.approx(reference["oof_auc"], abs=1e-6)
     for fold in range(3):
@@ -157,7 +157,7 @@ def test_micro_batches_accumulate_the_whole_batch_gradient_alone_and_under_ddp(
                          SEED, _outputs(tmp_path / "micro"))  # fmt: skip
     result = _stage(tmp_path, "3d", {**section, "nproc": 2, "micro_batch": 1}, cohort, tmp_path / "ddp")
     assert result.returncode == 0, result.stderr[-3000:]
-    ddp = json.loads((tmp_path / "ddp/train.json").read_text())
+    ddp = json.loads((tmp_path / "ddp/details/train.json").read_text())
     shape = (3, 20, 32, 32)
     one = load_ensemble(tmp_path / "one/model.pt", "lenet3d", "3d", shape, "test")
     for metrics, name in ((micro, "micro"), (ddp, "ddp")):
@@ -187,7 +187,7 @@ def test_two_gloo_processes_with_batch_norm_and_dropout_stay_within_a_seed_chang
     result = _stage(tmp_path, "2d", {**section, "nproc": 2}, cohort, tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p.name for p in (tmp_path / "two").iterdir()} == OUTPUT_FILES
-    metrics = json.loads((tmp_path / "two/train.json").read_text())
+    metrics = json.loads((tmp_path / "two/details/train.json").read_text())
     assert metrics["train_loss_mean"] == pytest.approx(reference["train_loss_mean"], abs=0.15)
     assert metrics["oof_auc"] == pytest.approx(reference["oof_auc"], abs=0.1)
     for fold in range(3):

@@ -78,3 +78,23 @@ def test_every_training_field_that_changes_the_numbers_is_a_param_of_both_train_
         params = {p.split(".", 1)[1] for p in listed if p.startswith(f"{section}.")}
         assert section not in listed, f"{section} as a whole would make speed-only settings re-run training"
         assert params == numbers, f"train-{dim}: missing {numbers - params}, speed-only {params - numbers}"
+
+
+def test_every_benchmark_stage_lists_the_modules_its_script_imports() -> None:
+    """benchmark/dvc.yaml runs the main stage scripts and its own from ``benchmark/``: its deps (relative
+    to it) cover every project module each imports, so a code change re-runs exactly what it touches."""
+    stages = yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())["stages"]
+    missing: dict[str, list[str]] = {}
+    for name, stage in stages.items():
+        found = re.search(r"python (?:\.\./(stages/\S+\.py)|-m metastases\.(\S+))", stage["cmd"])
+        assert found, f"benchmark stage {name}: cmd runs no stage script or module"
+        script = (
+            ROOT / found.group(1)
+            if found.group(1)
+            else ROOT / "src/metastases" / found.group(2) / "__main__.py"
+        )
+        deps = [str(Path(d).relative_to("..")) for d in stage["deps"] if str(d).startswith("../")]
+        absent = [str(p) for p in sorted(import_closure(script)) if not covered(p, deps)]
+        if absent:
+            missing[name] = absent
+    assert not missing, f"benchmark/dvc.yaml deps miss imported modules: {missing}"

@@ -200,10 +200,9 @@ def test_a_terminated_training_stage_takes_its_workers_along(
 
 def test_a_killed_benchmark_takes_its_fold_processes_along(endless: dict[str, Path], tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "metastases.benchmark", "--params", str(endless["params"]),
-        "--data-2d", str(endless["2d"]), "--data-3d", str(endless["3d"]), "--splits", str(endless["splits"]),
-        "--models", "cnn3d", "cnn2d", "--jobs", "2", "--threads", "1",
-        "--out", str(tmp_path / "benchmark.md"), "--json", str(tmp_path / "benchmark.json"),
+        sys.executable, str(ROOT / "stages/benchmark.py"), "--params", str(endless["params"]), "run",
+        "--dim", "3d", "--seed", "42", "--data", str(endless["3d"].parent),
+        "--splits", str(endless["splits"]), "--raw-dir", str(tmp_path), "--out", str(tmp_path / "run.json"),
     ]  # fmt: skip
     # SIGKILL: the benchmark itself cannot react; its fold processes end by the kernel's signal (and stop
     # their loader workers on the way out; with loaders every epoch here lasts milliseconds, too short to

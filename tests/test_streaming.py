@@ -56,7 +56,7 @@ def test_training_memory_grows_with_a_batch_not_with_the_cohort(tmp_path: Path) 
         paths = write_cohort(root, patients=patients, size_2d=32, size_3d=64, folds=2, seed=3)
         sizes.append(sum(p.stat().st_size for p in paths["3d"].glob("*.npy")))
         peaks.append(_peak_rss_training(root))
-        assert json.loads((root / "m.json").read_text())["train_patients"] == patients * 3 // 4
+        assert json.loads((root / "details/m.json").read_text())["train_patients"] == patients * 3 // 4
     extra = sizes[1] - sizes[0]
     assert extra > 100e6
     grown = peaks[1] - peaks[0]

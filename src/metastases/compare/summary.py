@@ -18,6 +18,7 @@ from typing import Any
 
 from metastases.cli import run_stage
 from metastases.errors import UserError
+from metastases.metrics_file import details_path
 
 COLUMNS = ("model", "out-of-fold AUC", "held-out AUC [CI]", "sens / spec", "threshold", "localisation",
            "learned")  # fmt: skip
@@ -25,7 +26,8 @@ COLUMNS = ("model", "out-of-fold AUC", "held-out AUC [CI]", "sens / spec", "thre
 
 def read_metrics(metrics_dir: Path, name: str) -> dict[str, Any]:
     """``details/<name>.json``, else ``<name>.json`` (a run from before the split); {} when neither."""
-    for path in (metrics_dir / "details" / f"{name}.json", metrics_dir / f"{name}.json"):
+    headline = metrics_dir / f"{name}.json"
+    for path in (details_path(headline), headline):
         if path.is_file():
             try:
                 loaded = json.loads(path.read_text())

@@ -28,13 +28,22 @@ $(PLOTS_TEMPLATE): $(VENV)/.installed src/metastases/compare/render.py src/metas
 install: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 # Build the embedded demo cohort only when data/raw is missing or empty; a user's own export is left alone.
-# `dvc add` makes the raw data visible to DVC (and to queued experiments) as a user's export would be.
+# Beside a demo data/raw, an empty data/external gets the demo's second site (params.yaml demo_external), so
+# the default run shows an external validation; with a user's own data/raw it stays as the user left it
+# (empty: the external stages say so in one line). `dvc add` makes both visible to DVC (and to queued
+# experiments) as a user's export would be.
+EXTERNAL := data/external
 demo: install
 	@if [ -z "$$(ls -A $(RAW) 2>/dev/null)" ]; then \
 		echo "data/raw is empty: building the demo cohort (params.yaml demo_cohort)"; \
 		$(BIN)/python -m metastases.demo_cohort $(RAW) --from-params params.yaml; \
 	fi
-	$(BIN)/dvc add --quiet $(RAW)
+	@if [ -z "$$(ls -A $(EXTERNAL) 2>/dev/null)" ] && [ -f $(RAW)/DEMO_COHORT.txt ]; then \
+		echo "data/external is empty: building the demo's second site (params.yaml demo_external)"; \
+		$(BIN)/python -m metastases.demo_cohort $(EXTERNAL) --from-params params.yaml --section demo_external; \
+	fi
+	@mkdir -p $(EXTERNAL)
+	$(BIN)/dvc add --quiet $(RAW) $(EXTERNAL)
 
 run: demo
 	$(BIN)/dvc repro

@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"), help="lesions.csv, when present")
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="roc/, confusion/, PNGs")
     parser.add_argument("--model-card", type=Path, default=Path("MODEL_CARD.md"), help="model card")
+    parser.add_argument(
+        "--external-metrics", type=Path, help="the external site's details (its rows in the model card)"
+    )
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(EvaluateParams, "evaluate", args.params)
@@ -53,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         EvaluateOutputs(args.metrics, args.predictions, args.plots_dir, args.model_card),
         raw_dir=args.raw_dir,
         cv_predictions_path=args.cv_predictions,
+        external_metrics_path=args.external_metrics,
     )
 
 

@@ -75,7 +75,8 @@ def repo(tmp_path_factory) -> Path:
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
     run([sys.executable, "-m", "metastases.demo_cohort", "data/raw", *DEMO_COHORT], repo)
-    run(["dvc", "add", "-q", "data/raw"], repo)
+    (repo / "data/external").mkdir()  # no second site (as make run leaves it beside a user's own data)
+    run(["dvc", "add", "-q", "data/raw", "data/external"], repo)
     repo.joinpath("first_repro.log").write_text(run(["dvc", "repro"], repo))
     return repo
 
@@ -345,3 +346,68 @@ def test_the_everyday_metrics_views_fit_a_terminal(repo):
     for dim in ("2d", "3d"):
         row = next(line for line in table.splitlines() if line.startswith(dim.upper()))
         assert f"{cv[dim]['oof_auc']:.3f}" in row and f"{evaluate[dim]['auc']:.3f} [" in row
+
+
+# What the training site's stages write: a second site must leave every byte of it as it was.
+INTERNAL_OUTPUTS = (
+    "metrics/ingest.json", "metrics/cv.json", "metrics/details/cv.json", "metrics/evaluate.json",
+    "metrics/details/evaluate.json", "metrics/predictions.csv", "metrics/cv_predictions.csv", "MODEL_CARD.md",
+    "models/2d.pt", "models/3d.pt", "plots/roc/model_3d.csv", "plots/evidence.png", "plots/calibration.png",
+)  # fmt: skip
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in INTERNAL_OUTPUTS}
+
+
+def test_without_an_external_cohort_the_external_stages_say_so_and_add_nothing(repo):
+    assert json.loads((repo / "metrics/external.json").read_text()) == {}
+    assert json.loads((repo / "metrics/details/external.json").read_text()) == {"patients": 0}
+    assert "no external cohort" in (repo / "first_repro.log").read_text()
+    assert "Another site" not in (repo / "MODEL_CARD.md").read_text()
+    assert pd.read_csv(repo / "metrics/external_predictions.csv").empty
+
+
+def test_a_second_site_scores_through_the_real_stages_and_leaves_the_training_site_unchanged(repo, tmp_path):
+    before = _snapshot(repo)
+    run([sys.executable, "-m", "metastases.demo_cohort", "data/external", "--site", "b", "--patients", "6",
+         "--seed", "5", "--size-scale", "0.25", "--workers", "2"], repo)  # fmt: skip
+    run(["dvc", "add", "-q", "data/external"], repo)
+    assert stages_run(run(["dvc", "repro"], repo)) == {"ingest-external", "external", "evaluate"}
+    external = json.loads((repo / "metrics/details/external.json").read_text())
+    assert external["patients"] == 6 and external["calibration_patients"] == 2
+    predictions = pd.read_csv(repo / "metrics/external_predictions.csv")
+    for dim in ("2d", "3d"):
+        scored = predictions[predictions["model"] == dim]
+        assert external[dim]["auc"] == pytest.approx(mann_whitney_auc(scored["label"], scored["score"]))
+        evaluation = scored[scored["part"] == "evaluation"]
+        counted = counted_at(evaluation["label"], evaluation["score"], external[dim]["threshold"])
+        assert external[dim]["at_cv_threshold"] == counted
+        adapted = counted_at(evaluation["label"], evaluation["score"], external[dim]["adapted_threshold"])
+        assert external[dim]["adapted"] == adapted
+    assert not set(predictions["patient"]) & set(pd.read_csv(repo / "data/splits.csv")["patient"])
+    card = (repo / "MODEL_CARD.md").read_text()
+    assert "Another site" in card and f"{external['3d']['auc']:.3f} [" in card
+    after = _snapshot(repo)
+    assert [name for name in INTERNAL_OUTPUTS if after[name] != before[name]] == ["MODEL_CARD.md"]
+    # a checkpoint whose recorded preprocessing the external volumes cannot meet: one line, nothing written
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "stages/external.py", "--model-3d", str(_corrupt_model(repo, tmp_path)),
+         "--metrics", str(out / "external.json"), "--predictions", str(out / "p.csv"),
+         "--plots-dir", str(out)],
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: ")
+        and "preprocessing gives" in result.stderr
+    )
+    assert not out.exists()
+    # the second site taken away again: every output is what it was before, byte for byte
+    shutil.rmtree(repo / "data/external")
+    (repo / "data/external").mkdir()
+    run(["dvc", "add", "-q", "data/external"], repo)
+    run(["dvc", "repro"], repo)
+    assert _snapshot(repo) == before
+    assert json.loads((repo / "metrics/details/external.json").read_text()) == {"patients": 0}

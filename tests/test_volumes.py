@@ -7,8 +7,10 @@ import pytest
 from metastases.errors import ParamsError
 from metastases.params import VolumeParams, from_mapping
 from metastases.volumes import (
+    BRAIN_DEPTH_MM,
     affine_inverse,
     apply_affine,
+    brain_mask,
     depth_positions,
     normalise,
     patient_tensor,
@@ -145,3 +147,23 @@ def test_affine_helpers_match_numpy():
     points = rng.normal(size=(5, 7, 3)) * 40
     assert np.allclose(apply_affine(affine, points), nib.affines.apply_affine(affine, points))
     assert np.allclose(affine_inverse(affine), np.linalg.inv(affine))
+
+
+def test_brain_normalisation_leaves_out_the_scalp_and_scales_on_the_brain_only() -> None:
+    # a head of radius 40 px (1 mm pixels): brain (value 1 + noise), then a 5 px scalp ring 4x as bright
+    y, x = np.mgrid[-50:50, -50:50]
+    radius = np.hypot(x, y)
+    rng = np.random.default_rng(0)
+    plane = np.where(radius < 35, 1.0 + 0.1 * rng.standard_normal(radius.shape), 0.0)
+    plane = np.where((radius >= 35) & (radius < 40), 4.0, plane).astype(np.float32)
+    volume = np.stack([plane] * 3)
+    mask = brain_mask([volume, volume, volume], pixel_mm=1.0)
+    assert not mask[:, radius >= 35].any()  # the whole scalp ring is out
+    assert mask[:, radius < 40 - BRAIN_DEPTH_MM - 1].all()  # the brain deeper than the margin is in
+    out = normalise(volume, "zscore_brain", (0.0, 100.0), mask)
+    assert out[mask].mean() == pytest.approx(0.0, abs=1e-5) and out[mask].std() == pytest.approx(
+        1.0, abs=1e-4
+    )
+    assert (out[~mask] == 0).all()
+    # plain z-scores take their scale from air and scalp: the brain's own contrast is squeezed
+    assert normalise(volume, "zscore", (0.0, 100.0))[mask].std() < 0.2

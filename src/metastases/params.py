@@ -35,6 +35,7 @@ its stage re-running, so no section may use them."""
 SECTIONS: tuple[str, ...] = (
     "seed",
     "demo_cohort",
+    "demo_external",
     "ingest",
     "split",
     "slice_2d",
@@ -43,8 +44,16 @@ SECTIONS: tuple[str, ...] = (
     "train_3d",
     "cross_validate",
     "evaluate",
+    "external",
 )
 """The top-level keys of params.yaml; anything else (a misspelt section) is refused."""
+
+DEMO_SITES: tuple[str, ...] = ("a", "b")
+"""The hospitals the demo generator imitates (:mod:`metastases.demo_cohort.site`)."""
+
+NORMALISATIONS: tuple[str, ...] = ("zscore", "minmax", "none", "zscore_brain")
+"""Per-volume intensity scaling (:func:`metastases.volumes.normalise`); ``zscore_brain`` z-scores on the
+head eroded past scalp and skull, 0 outside it (:func:`metastases.volumes.brain_mask`)."""
 
 SECTION_PLACEHOLDER = "<section>"
 """Stands for the section name in messages of params classes that several sections share."""
@@ -84,11 +93,16 @@ def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> Non
 
 @dataclasses.dataclass(frozen=True)
 class DemoCohortParams:
+    """``demo_cohort`` (the training site) and ``demo_external`` (a second site, data/external)."""
+
     patients: int = 60
     seed: int = 7
+    site: str = "a"
+    """Which hospital the generator imitates (:data:`metastases.demo_cohort.site.SITES`)."""
 
     def __post_init__(self) -> None:
-        _require(self.patients >= 2, f"demo_cohort.patients: need at least 2, got {self.patients}")
+        _require(self.patients >= 2, f"{SECTION_PLACEHOLDER}.patients: need at least 2, got {self.patients}")
+        _choice(SECTION_PLACEHOLDER, "site", self.site, DEMO_SITES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +202,7 @@ class VolumeParams:
                 f"{section}.depth: the study's rule is defined for 20 slices, got {self.depth}",
             )
         _choice(section, "crop", self.crop, CROPS)
-        _choice(section, "normalise", self.normalise, ("zscore", "minmax", "none"))
+        _choice(section, "normalise", self.normalise, NORMALISATIONS)
         low, high = self.clip_percentiles
         _require(0 <= low < high <= 100, f"{section}.clip_percentiles: need 0 <= low < high <= 100")
 
@@ -463,4 +477,19 @@ class EvaluateParams:
         _require(
             2 <= self.calibration_bins <= 20,
             f"evaluate.calibration_bins: 2 to 20, got {self.calibration_bins}",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExternalParams:
+    """External validation on a second site (data/external): how its decision threshold is adapted."""
+
+    calibration_fraction: float
+    """Share of the external patients (stratified, ``seed``) on which the threshold is chosen again; the
+    metrics before and after adaptation are reported on the other patients. 0: no adaptation."""
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.calibration_fraction < 1.0,
+            f"external.calibration_fraction: must be in [0, 1), got {self.calibration_fraction}",
         )

@@ -63,7 +63,12 @@ def plot_cv_loss(table: pd.DataFrame, title: str, path: Path) -> None:
     save_figure(figure, path)
 
 
-def plot_roc(curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]], path: Path) -> None:
+def plot_roc(
+    curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]],
+    path: Path,
+    *,
+    title: str = "ROC on held-out test patients (95% bootstrap CI)",
+) -> None:
     """ROC curves on one axes; ``curves`` maps a label to (fpr/tpr table, AUC, 95% CI)."""
     figure, ax = plt.subplots(figsize=(5.5, 5))
     for name, (table, value, (low, high)) in curves.items():
@@ -80,7 +85,7 @@ def plot_roc(curves: dict[str, tuple[pd.DataFrame, float, tuple[float, float]]],
         ylabel="true positive rate (sensitivity)",
         xlim=(-0.01, 1.01),
         ylim=(-0.01, 1.01),
-        title="ROC on held-out test patients (95% bootstrap CI)",
+        title=title,
     )
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=8)

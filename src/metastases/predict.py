@@ -36,17 +36,11 @@ from metastases.evaluation.evidence import (
 )
 from metastases.evaluation.evidence_plots import ModelView, plot_patient_evidence
 from metastases.evaluation.metrics import youden_threshold
+from metastases.evaluation.new_patients import checkpoint_preprocessing, prepare_array
 from metastases.ingest.patient import PatientTask, ingest_patient
-from metastases.params import (
-    SEQUENCES,
-    CrossValidateParams,
-    IngestParams,
-    VolumeParams,
-    from_mapping,
-    load_params,
-)
-from metastases.training.checkpoint import Ensemble, open_ensemble
-from metastases.volumes import GridGeometry, patient_tensor_and_grid
+from metastases.params import SEQUENCES, CrossValidateParams, IngestParams, from_mapping, load_params
+from metastases.training.checkpoint import open_ensemble
+from metastases.volumes import GridGeometry
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +121,6 @@ def ingest_study(study: Path, params: IngestParams, work_dir: Path) -> dict[str,
     return {name: work_dir / result.sequences[name].file for name in SEQUENCES}
 
 
-def _volume_params(ensemble: Ensemble, path: Path) -> VolumeParams:
-    prep = ensemble.meta.get("preprocessing")
-    if not isinstance(prep, dict):
-        raise UserError(f"{path} does not record how its arrays were built; {FIX_MODEL}")
-    try:
-        return VolumeParams(**{**prep, "clip_percentiles": tuple(prep["clip_percentiles"])})
-    except (TypeError, KeyError, UserError) as exc:
-        raise UserError(f"{path}: its preprocessing record is not usable ({exc}); {FIX_MODEL}") from None
-
-
 @torch.inference_mode()
 def predict_study(
     volumes: dict[str, Path], model_paths: Sequence[Path], *, threshold_rule: str
@@ -152,16 +136,8 @@ def predict_study(
     predictions = []
     for path in model_paths:
         ensemble = open_ensemble(path, FIX_MODEL)
-        params = _volume_params(ensemble, path)
-        tensor, geometry = patient_tensor_and_grid(volumes, params)
-        # the pipeline stores arrays as float16: the same rounding gives the same score
-        array = tensor.reshape(-1, *tensor.shape[2:]) if ensemble.dim == "2d" else tensor
-        array = array.astype(np.float16).astype(np.float32)
-        if tuple(array.shape) != tuple(ensemble.input_shape):
-            raise UserError(
-                f"{path}: the model takes {tuple(ensemble.input_shape)} but its own preprocessing gives "
-                f"{tuple(array.shape)}; {FIX_MODEL}"
-            )
+        params = checkpoint_preprocessing(ensemble, path, FIX_MODEL)
+        array, geometry = prepare_array(ensemble, volumes, params, path=path, fix=FIX_MODEL)
         batch = torch.from_numpy(array)[None]
         members = [m.model for m in ensemble.members]
         fold_scores = {

@@ -67,14 +67,24 @@ def depth_positions(n_slices: int, params: VolumeParams) -> np.ndarray:
     return np.linspace(0, n_slices - 1, params.depth)
 
 
-def normalise(volume: np.ndarray, mode: str, clip_percentiles: tuple[float, float]) -> np.ndarray:
+def normalise(
+    volume: np.ndarray, mode: str, clip_percentiles: tuple[float, float], mask: np.ndarray | None = None
+) -> np.ndarray:
     """Per-volume intensity normalisation: MR intensities have no absolute unit, so never a fixed window.
 
     The volume is clipped to its own percentiles first, so a few hot voxels cannot dominate the scale.
+    ``zscore_brain``: percentiles, mean and deviation of the voxels in ``mask`` only, 0 outside it.
     """
     volume = volume.astype(np.float32)
     if mode == "none":
         return volume
+    if mode == "zscore_brain" and mask is not None and mask.any():
+        inside = volume[mask]
+        low, high = (float(v) for v in np.percentile(inside, clip_percentiles))
+        inside = np.clip(inside, low, high)
+        out = np.zeros_like(volume)
+        out[mask] = (inside - inside.mean()) / max(float(inside.std()), 1e-6)
+        return out
     low, high = (float(v) for v in np.percentile(volume, clip_percentiles))
     volume = np.clip(volume, low, high)
     if mode == "minmax":
@@ -278,6 +288,25 @@ def sample(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(data, np.moveaxis(voxels, -1, 0), order=1, mode="constant", cval=0.0)
 
 
+BRAIN_DEPTH_MM = 12.0
+"""How far inside the head's outline the brain mask starts: scalp (fat, skin) and skull, about 1 cm."""
+
+
+def brain_mask(channels: list[np.ndarray], pixel_mm: float) -> np.ndarray:
+    """Voxels at least :data:`BRAIN_DEPTH_MM` inside the head's outline, slice by slice: a crude brain
+    mask without a template, so that scalp fat, skin and skull do not set the intensity scale (nor
+    reach the model). Head: any sequence above :data:`HEAD_THRESHOLD` of its 99th percentile, holes
+    filled. Comparisons and binary morphology only: the same on any CPU."""
+    head = np.zeros(channels[0].shape, bool)
+    for channel in channels:
+        head |= channel > HEAD_THRESHOLD * float(np.percentile(channel, 99))
+    radius = max(1, round(BRAIN_DEPTH_MM / pixel_mm))
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = (x * x + y * y <= radius * radius)[None]  # in-plane only: slices are far apart
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in head])
+    return ndimage.binary_erosion(filled, structure=disk)
+
+
 def patient_tensor(volume_paths: Mapping[str, str | Path], params: VolumeParams) -> np.ndarray:
     """Build the ``[3, depth, size, size]`` float32 tensor of one patient (channels FLAIR, T2, T1+C)."""
     return patient_tensor_and_grid(volume_paths, params)[0]
@@ -291,8 +320,10 @@ def patient_tensor_and_grid(
     reference = images[REFERENCE_SEQUENCE]
     geometry = grid_geometry(reference, params)
     world = grid_world(geometry, reference.affine)
-    channels = [
-        normalise(sample(images[sequence], world), params.normalise, params.clip_percentiles)
-        for sequence in SEQUENCES
-    ]
+    sampled = [sample(images[sequence], world) for sequence in SEQUENCES]
+    mask = None
+    if params.normalise == "zscore_brain":
+        spacing_i = float(np.sqrt(np.sum(reference.affine[:3, 0] ** 2)))
+        mask = brain_mask(sampled, geometry.span_i * spacing_i / geometry.size)
+    channels = [normalise(volume, params.normalise, params.clip_percentiles, mask) for volume in sampled]
     return np.stack(channels), geometry

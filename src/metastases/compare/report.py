@@ -37,15 +37,22 @@ log = logging.getLogger(__name__)
 PRECISION = 5
 """Digits after the decimal point, as ``dvc metrics diff`` rounds by default (its ``--precision``)."""
 
-HEADLINE_METRICS = ("metrics/evaluate.json", "metrics/cv.json")
+HEADLINE_METRICS = ("metrics/evaluate.json", "metrics/cv.json", "metrics/external.json")
 """Metrics files listed first in a report (held-out, then cross-validated); the others follow by name.
 DVC itself lists files in no stable order."""
 
 MISSING = "-"
 """What ``dvc metrics diff`` prints for a value absent on one side."""
 
-PREDICTION_FILES = (("out-of-fold", "metrics/cv_predictions.csv"), ("held-out", "metrics/predictions.csv"))
+PREDICTION_FILES = (
+    ("out-of-fold", "metrics/cv_predictions.csv"),
+    ("held-out", "metrics/predictions.csv"),
+    ("external", "metrics/external_predictions.csv"),
+)
 """The per-patient predictions compared pairwise, in report order: (kind, path in the repository)."""
+OPTIONAL_PREDICTIONS = frozenset({"external"})
+"""Kinds a revision may lack (a run without a second site, a commit from before external validation):
+noted in the report, not an error."""
 
 PREDICTION_COLUMNS = ("patient", "label", "score", "model")
 """Columns a predictions file must have; others (``fold``, ...) are ignored."""
@@ -379,12 +386,18 @@ def paired_markdown(rows: Sequence[PairedRow], base: str, head: str, absent: Seq
         return "\n".join([heading, *notes])
     held_out = max((r.patients for r in rows if r.kind == "held-out"), default=0)
     out_of_fold = max((r.patients for r in rows if r.kind == "out-of-fold"), default=0)
+    external = max((r.patients for r in rows if r.kind == "external"), default=0)
     small = ""
     if held_out:
         small = (
             f" The held-out set is small ({held_out} patients per model): only a large difference there "
             "can stand out from noise"
             + (f"; the out-of-fold predictions cover {out_of_fold} patients." if out_of_fold else ".")
+        )
+    if external:
+        small += (
+            f" The external rows are the second site's {external} patients, scored by each revision's final "
+            "models: whether a change travels to a hospital the models never saw."
         )
     pct = f"{CONFIDENCE:.0%}"
     explanation = (
@@ -420,8 +433,17 @@ def paired_section(base: str, head: str = dvc_cli.WORKSPACE, repo: Path = Path("
     for kind, path in PREDICTION_FILES:
         old = load_predictions(base, path, repo)
         new = load_predictions(head, path, repo)
+        if kind in OPTIONAL_PREDICTIONS:
+            old, new = (None if p is None or p.empty else p for p in (old, new))
         if old is None and new is None:
             absent.append(path)
+            continue
+        if kind in OPTIONAL_PREDICTIONS and (old is None or new is None):
+            present = new if old is None else old
+            assert present is not None
+            side = base if old is None else head
+            reason = f"not comparable: no {kind} cohort at {side}"
+            rows += [PairedRow(m, kind, 0, 0, reason=reason) for m in sorted(set(present["model"]))]
             continue
         if old is None:
             raise missing_predictions_error(base, path)

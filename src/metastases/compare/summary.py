@@ -76,7 +76,30 @@ def summary_table(metrics_dir: Path) -> str:
         f"{split.get('test_patients', '-')} held out",
         "sens / spec at the threshold chosen out of fold; localisation: out of fold / held out",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + external_lines(read_metrics(metrics_dir, "external"), dims))
+
+
+def external_lines(external: dict[str, Any], dims: Sequence[str]) -> list[str]:
+    """The second site in one line per model; nothing without one (or before external validation)."""
+    if not external.get("patients"):
+        return []
+    calibration = external.get("calibration_patients", 0)
+    lines = [
+        "",
+        f"external site: {external['patients']} patients ({calibration} of them choose the adapted "
+        "threshold; sens / spec on the others)",
+    ]
+    for dim in dims:
+        site = external.get(dim, {})
+        before, after = site.get("at_cv_threshold", {}), site.get("adapted") or {}
+        interval = f"[{_number(site.get('auc_ci_low'))}, {_number(site.get('auc_ci_high'))}]"
+        lines.append(
+            f"  {dim.upper()}: AUC {_number(site.get('auc'))} {interval}; sens / spec "
+            f"{_number(before.get('sensitivity'), 2)} / {_number(before.get('specificity'), 2)} at the "
+            f"out-of-fold threshold, {_number(after.get('sensitivity'), 2)} / "
+            f"{_number(after.get('specificity'), 2)} adapted"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:

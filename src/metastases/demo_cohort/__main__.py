@@ -1,4 +1,5 @@
-"""``python -m metastases.demo_cohort OUT_DIR --patients N --seed S [--workers W] [--size-scale F]``."""
+"""``python -m metastases.demo_cohort OUT_DIR --patients N --seed S [--workers W] [--size-scale F]
+[--site a|b]``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from metastases.cli import OneLineParser, configure_logging, run_stage
 from metastases.demo_cohort.build import build_cohort
+from metastases.demo_cohort.site import SITES
 from metastases.params import DemoCohortParams, section
 
 
@@ -21,20 +23,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--patients", type=int, help="number of patients (default: 60, or from --from-params)"
     )
     parser.add_argument("--seed", type=int, help="random seed (default: 7, or from --from-params)")
-    parser.add_argument("--from-params", type=Path, help="take defaults from this params.yaml's demo_cohort")
+    parser.add_argument(
+        "--from-params", type=Path, help="take defaults from this params.yaml (see --section)"
+    )
+    parser.add_argument(
+        "--section",
+        choices=("demo_cohort", "demo_external"),
+        default="demo_cohort",
+        help="which section of --from-params: the training site or the second site (default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (default: %(default)s)")
     parser.add_argument(
         "--size-scale", type=float, default=1.0, help="shrink image matrices, for quick tests (default: 1)"
+    )
+    parser.add_argument(
+        "--site",
+        choices=sorted(SITES),
+        help="a: the training site; b: another hospital's scanner and protocol (default: a, or from "
+        "--from-params)",
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     defaults = (
-        section(DemoCohortParams, "demo_cohort", args.from_params) if args.from_params else DemoCohortParams()
+        section(DemoCohortParams, args.section, args.from_params) if args.from_params else DemoCohortParams()
     )
     patients = args.patients if args.patients is not None else defaults.patients
     seed = args.seed if args.seed is not None else defaults.seed
-    build_cohort(args.out_dir, patients, seed, args.workers, args.size_scale)
+    site = args.site if args.site is not None else defaults.site
+    build_cohort(args.out_dir, patients, seed, args.workers, args.size_scale, site=site)
 
 
 if __name__ == "__main__":

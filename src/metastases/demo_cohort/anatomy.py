@@ -262,3 +262,12 @@ def random_head(rng: np.random.Generator, n_waves: int = 4) -> HeadTransform:
     amplitudes = rng.uniform(-0.8, 0.8, size=(n_waves, 3))
     phases = rng.uniform(0, 2 * np.pi, size=n_waves)
     return HeadTransform(linear, translation, waves, amplitudes, phases)
+
+
+def tilted_head(head: HeadTransform, angles_deg: np.ndarray) -> HeadTransform:
+    """``head`` rotated further about the scanner's origin by ``angles_deg`` (about x, y, z, as in
+    :func:`random_head`): a site that positions heads differently. The deformation is unchanged."""
+    rotation = _rotation(angles_deg)
+    return dataclasses.replace(
+        head, linear=matmul3(rotation, head.linear), translation=transform(head.translation, rotation)
+    )

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from metastases.atomic import write_csv
 from metastases.demo_cohort.anatomy import load_template
+from metastases.demo_cohort.site import site_profile
 from metastases.demo_cohort.synthetic_patient import PatientSpec, lesion_truth, plan_patient, write_patient
 from metastases.errors import ParamsError, UserError
 from metastases.ingest.keys import DEMO_MARKER, DEMO_MARKER_TEXT
@@ -29,16 +30,19 @@ FOLDER_PREFIX = {"metastases": "mts", "normal": "norma"}
 _PATIENT_FOLDER = re.compile(r"^(mts|norma)-\d+$")
 
 
-def cohort_specs(patients: int, seed: int, size_scale: float = 1.0) -> list[PatientSpec]:
+def cohort_specs(patients: int, seed: int, size_scale: float = 1.0, *, site: str = "a") -> list[PatientSpec]:
     """Half the patients (rounded up) get metastases; classes are shuffled over patient indices by
-    ``seed`` and folders numbered within each class (``mts-1``, ``norma-1``, ...)."""
+    ``seed`` and folders numbered within each class from the site's first number (site a: ``mts-1``,
+    ``norma-1``, ...; site b: ``mts-1001``, ...)."""
+    first = site_profile(site).first_folder
     labels = ["metastases"] * ((patients + 1) // 2) + ["normal"] * (patients // 2)
     labels = [labels[k] for k in np.random.default_rng(np.random.SeedSequence(seed)).permutation(patients)]
-    counters = dict.fromkeys(FOLDER_PREFIX, 0)
+    counters = dict.fromkeys(FOLDER_PREFIX, first - 1)
     specs = []
     for index, label in enumerate(labels):
         counters[label] += 1
-        specs.append(PatientSpec(index, f"{FOLDER_PREFIX[label]}-{counters[label]}", label, seed, size_scale))
+        name = f"{FOLDER_PREFIX[label]}-{counters[label]}"
+        specs.append(PatientSpec(index, name, label, seed, size_scale, site))
     return specs
 
 
@@ -68,7 +72,8 @@ def _is_previous_cohort(out_dir: Path) -> bool:
     return True
 
 
-def _check(out_dir: Path, patients: int, seed: int, workers: int, size_scale: float) -> None:
+def _check(out_dir: Path, patients: int, seed: int, workers: int, size_scale: float, site: str) -> None:
+    site_profile(site)
     if patients < 1:
         raise ParamsError(f"--patients must be at least 1, got {patients}")
     if seed < 0:
@@ -91,6 +96,8 @@ def build_cohort(
     seed: int = 7,
     workers: int = 2,
     size_scale: float = 1.0,
+    *,
+    site: str = "a",
 ) -> Path:
     """Write ``patients`` synthetic studies, ``labels.csv`` (``patient,label``), ``lesions.csv`` (where
     every lesion and mimic is: :mod:`metastases.lesion_truth`) and the demo marker
@@ -100,10 +107,18 @@ def build_cohort(
     (same field of view and slice counts), for quick tests. A previous demo cohort in ``out_dir`` is
     replaced; any other non-empty folder is refused. The cohort is built beside ``out_dir`` and renamed
     into place, so an interrupted run leaves the old folder untouched.
+
+    Args:
+        out_dir: the cohort's folder.
+        patients: number of patients, half (rounded up) with metastases.
+        seed: the cohort's random seed.
+        workers: parallel processes.
+        size_scale: matrix scale, 0.05 to 1.
+        site: ``a`` (the training site) or ``b`` (another hospital: :mod:`metastases.demo_cohort.site`).
     """
     out_dir = Path(out_dir)
-    _check(out_dir, patients, seed, workers, size_scale)
-    specs = cohort_specs(patients, seed, size_scale)
+    _check(out_dir, patients, seed, workers, size_scale, site)
+    specs = cohort_specs(patients, seed, size_scale, site=site)
     building = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)

@@ -47,7 +47,9 @@ def patient_signals(rng: np.random.Generator) -> dict[str, dict[str, float]]:
 def sequence_volumes(
     template: Template, lesions: list[Lesion], signals: dict[str, dict[str, float]]
 ) -> dict[str, np.ndarray]:
-    """Signal of each sequence on the template grid: float32 ``(197, 233, 189)`` per sequence name."""
+    """Signal of each sequence on the template grid: float32 ``(197, 233, 189)`` per sequence name.
+
+    A lesion of kind ``vessel`` needs a ``vessel`` entry in every sequence's ``signals``."""
     weights = np.array([[signals[s][t] for t in TISSUES] for s in SEQUENCE_NAMES], dtype=np.float32)
     # weights @ stack, summed tissue by tissue in TISSUES order: a matrix product (BLAS) would sum in
     # an order that depends on the CPU kernel, and the stored integers with it.
@@ -65,6 +67,10 @@ def sequence_volumes(
             local = volume[parts.box]
             if lesion.kind == "mimic":
                 local += parts.lesion * (table["mimic"] - table["wm"])
+                continue
+            if lesion.kind == "vessel":  # site b only: its signals carry a "vessel" entry
+                local *= 1.0 - parts.lesion
+                local += parts.lesion * table["vessel"]
                 continue
             local += parts.oedema * (table["oedema"] - table["wm"])
             local *= 1.0 - parts.lesion

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -76,11 +77,24 @@ class SeriesNaming:
 
 
 def series_namings(
-    rng: np.random.Generator, vendor: str, localizer: bool, repeat_flair: bool
+    rng: np.random.Generator,
+    vendor: str,
+    localizer: bool,
+    repeat_flair: bool,
+    *,
+    vendors: Mapping[str, Mapping[str, tuple[str, ...]]] = VENDORS,
 ) -> list[SeriesNaming]:
     """Acquisition order of one study: localizer first, FLAIR and T2 in either order, T1+C last
-    (after contrast). A repeated FLAIR (motion) follows the first under the same description."""
-    styles = VENDORS[vendor]
+    (after contrast). A repeated FLAIR (motion) follows the first under the same description.
+
+    Args:
+        rng: the patient's generator.
+        vendor: a key of ``vendors``.
+        localizer: whether the study starts with a localizer.
+        repeat_flair: whether the FLAIR is acquired twice.
+        vendors: manufacturer -> sequence -> descriptions (another site's: :mod:`.site`).
+    """
+    styles = vendors[vendor]
     order = ["flair", "t2"] if rng.random() < 0.6 else ["t2", "flair"]
     if repeat_flair:
         order.insert(order.index("flair") + 1, "flair")

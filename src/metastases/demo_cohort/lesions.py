@@ -4,6 +4,8 @@ A metastasis is a ball with an irregular outline: an enhancing rim around a necr
 large (>= 10 mm), solid and enhancing when small, with vasogenic oedema that spreads only through
 white matter. A mimic is a non-enhancing white-matter spot (as in small-vessel disease): bright
 on FLAIR and T2 like a small metastasis but dark on T1+C, so no single sequence separates the classes.
+A vessel (site b only, :mod:`metastases.demo_cohort.site`) is a thin enhancing tube in a sulcus or the
+sylvian fissure: bright on T1+C like a metastasis's rim, without oedema, a flow void on FLAIR and T2.
 All sizes are millimetres in template space.
 """
 
@@ -15,8 +17,9 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
+from scipy import ndimage
 
-from metastases.demo_cohort.anatomy import Template, dot3
+from metastases.demo_cohort.anatomy import Template, dot3, gaussian_smooth, transform
 
 Coverage = Callable[[np.ndarray, float], np.ndarray]
 """``inside(points_mm (n, 3), margin_mm) -> (n,) bool``: which template points every series images."""
@@ -29,7 +32,7 @@ class Lesion:
     ``lobes`` ``(k, 4)``: unit directions and relative amplitudes that make the outline irregular.
     """
 
-    kind: str  # "metastasis" | "mimic"
+    kind: str  # "metastasis" | "mimic" | "vessel"
     centre: np.ndarray
     radius: float
     core_radius: float
@@ -114,6 +117,72 @@ def sample_mimics(rng: np.random.Generator, template: Template, inside: Coverage
         centre = _pick_centre(rng, candidates, radius, spots, inside)
         spots.append(Lesion("mimic", centre, radius, 0.0, 0.0, _lobes(rng, 0.3)))
     return spots
+
+
+_vessel_cache: list[tuple[Template, np.ndarray]] = []
+
+
+def vessel_sites_mm(template: Template) -> np.ndarray:
+    """Candidate vessel centres ``(n, 3)`` RAS mm: CSF beside cortex inside a sulcus (mostly brain
+    tissue within a few mm) less than 20 mm from the dura, or in the sylvian fissure (middle cerebral
+    artery branches); above z = -45 mm, every 8th. Cached for the last template."""
+    if _vessel_cache and _vessel_cache[0][0] is template:
+        return _vessel_cache[0][1]
+    fractions = template.fractions
+    # on a 2 mm grid: distance from the dura, and how much brain tissue surrounds a point
+    depth = ndimage.distance_transform_edt(~(fractions["dura"][::2, ::2, ::2] > 0.3), sampling=2.0)
+    tissue = gaussian_smooth((fractions["gm"] + fractions["wm"])[::2, ::2, ::2], 1.5)
+    voxels = np.argwhere((fractions["csf"] > 0.4) & (fractions["gm"] > 0.15))
+    coarse = tuple((voxels // 2).T)
+    in_sulcus = (tissue[coarse] > 0.6) & (depth[coarse] < 20.0)
+    mm = transform(voxels, template.affine[:3, :3], template.affine[:3, 3])
+    x, y, z = np.abs(mm[:, 0]), mm[:, 1], mm[:, 2]
+    sylvian = (x > 28) & (x < 48) & (y > -25) & (y < 15) & (z > -15) & (z < 20)
+    sites = mm[(in_sulcus | sylvian) & (z > -45)][::8].astype(np.float32)
+    _vessel_cache[:] = [(template, sites)]
+    return sites
+
+
+def sample_vessels(
+    rng: np.random.Generator, template: Template, inside: Coverage, *, count: int, avoid: list[Lesion]
+) -> list[Lesion]:
+    """``count`` enhancing vessels: straight tubes 6 to 11 mm long and 1.6 to 3 mm across along a random
+    direction, centred at :func:`vessel_sites_mm`, clear of the lesions in ``avoid``.
+
+    Args:
+        rng: the patient's generator.
+        template: the brain template.
+        inside: which template points every series images.
+        count: number of vessels.
+        avoid: lesions already placed (the vessels keep clear of them and their oedema).
+
+    A vessel is a :class:`Lesion` of kind ``vessel`` whose ``radius`` is half its length; two lobes
+    perpendicular to its axis shrink the cross-section to ``radius * (1 + lobe amplitude)``.
+    """
+    candidates = vessel_sites_mm(template)
+    placed = list(avoid)
+    vessels: list[Lesion] = []
+    for _ in range(count):
+        half_length = float(rng.uniform(3.0, 5.5))
+        across = float(rng.uniform(0.8, 1.5))
+        centre = _pick_centre(rng, candidates, half_length, placed, inside)
+        axis = _unit(rng.normal(size=3))
+        # the coordinate axis least aligned with the vessel gives the first perpendicular direction
+        helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
+        first = _unit(np.cross(axis, helper))
+        second = np.cross(axis, first)
+        shrink = across / half_length - 1.0
+        lobes = np.array([[*first, shrink], [*second, shrink]])
+        vessel = Lesion("vessel", centre, half_length, 0.0, 0.0, lobes)
+        vessels.append(vessel)
+        placed.append(vessel)
+    return vessels
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """``vector`` / its length, summed left to right (``np.linalg.norm`` of a vector is BLAS)."""
+    v = np.asarray(vector, np.float64)
+    return v / math.sqrt(float(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]))
 
 
 def _edge(signed_depth: np.ndarray) -> np.ndarray:

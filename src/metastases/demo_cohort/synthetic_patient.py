@@ -20,6 +20,7 @@ from metastases.demo_cohort.anatomy import (
     dot3,
     load_template,
     random_head,
+    tilted_head,
 )
 from metastases.demo_cohort.contrast import (
     ScannerScale,
@@ -32,7 +33,6 @@ from metastases.demo_cohort.contrast import (
 )
 from metastases.demo_cohort.export import (
     LAYOUTS,
-    VENDORS,
     SeriesNaming,
     fake_identity,
     series_folder_name,
@@ -40,7 +40,8 @@ from metastases.demo_cohort.export import (
     shuffled_numbers,
     study_date,
 )
-from metastases.demo_cohort.lesions import Lesion, sample_metastases, sample_mimics
+from metastases.demo_cohort.lesions import Lesion, sample_metastases, sample_mimics, sample_vessels
+from metastases.demo_cohort.site import AxialProtocol, Site, site_profile
 from metastases.dicom_writer import (
     SeriesGeometry,
     SeriesHeader,
@@ -57,17 +58,24 @@ POINTS_PER_CHUNK = 2_000_000
 
 @dataclasses.dataclass(frozen=True)
 class PatientSpec:
-    """Who to build: folder ``name`` (``mts-7``), ``label`` (metastases/normal) and the seeds."""
+    """Who to build: folder ``name`` (``mts-7``), ``label`` (metastases/normal), the seeds and the
+    ``site`` (:data:`metastases.demo_cohort.site.SITES`)."""
 
     index: int
     name: str
     label: str
     seed: int
     size_scale: float = 1.0
+    site: str = "a"
 
     def seed_sequence(self) -> np.random.SeedSequence:
-        """The patient's own stream: a child of the cohort seed, independent of every other patient."""
-        return np.random.SeedSequence(self.seed, spawn_key=(self.index,))
+        """The patient's own stream: a child of the cohort seed, independent of every other patient.
+
+        Another site adds its ``stream`` word to the entropy: its patients share no draws with site a's
+        (for seeds below 2**32)."""
+        stream = site_profile(self.site).stream
+        entropy = self.seed if stream is None else [self.seed, stream]
+        return np.random.SeedSequence(entropy, spawn_key=(self.index,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +126,38 @@ def _axial_stack(rng: np.random.Generator, centre_lps: np.ndarray, size_scale: f
     return dataclasses.replace(geometry, slice_thickness=thickness)
 
 
+def _protocol_stack(
+    rng: np.random.Generator, centre_lps: np.ndarray, size_scale: float, protocol: AxialProtocol
+) -> SeriesGeometry:
+    """Axial stack of a site's fixed protocol (:class:`~metastases.demo_cohort.site.AxialProtocol`),
+    shifted and tilted like site a's."""
+    matrix = max(16, round(protocol.matrix * size_scale))
+    fov = rng.uniform(*protocol.fov_mm)
+    n_slices = int(rng.integers(*protocol.slices))
+    centre = centre_lps + rng.uniform([-4, -4, -6], [4, 4, 8])
+    geometry = axial_geometry(
+        matrix,
+        matrix,
+        n_slices,
+        fov / matrix,
+        protocol.thickness_mm,
+        float(rng.uniform(-6, 6)),
+        tuple(centre),
+    )
+    return dataclasses.replace(geometry, slice_thickness=protocol.thickness_mm)
+
+
+def _site_signals(signals: dict[str, dict[str, float]], site: Site) -> dict[str, dict[str, float]]:
+    """The patient's signal table times the site's factors, plus its vessel signal (site a: unchanged)."""
+    out = {
+        sequence: {t: v * site.signal_factors.get(sequence, {}).get(t, 1.0) for t, v in table.items()}
+        for sequence, table in signals.items()
+    }
+    for sequence, value in site.vessel_signals.items():
+        out[sequence]["vessel"] = value
+    return out
+
+
 def _localizer_planes(centre_lps: np.ndarray, size_scale: float) -> tuple[SeriesGeometry, ...]:
     """Axial, sagittal and coronal single slices through the head centre (260 mm FOV, 8 mm thick)."""
     matrix = max(16, round(256 * size_scale))
@@ -146,41 +186,61 @@ def _coverage(head: HeadTransform, stacks: list[SeriesGeometry]):
 
 
 def plan_patient(spec: PatientSpec, template: Template | None = None) -> PatientPlan:
-    """Every random choice for one patient, from ``spec.seed_sequence()`` only."""
+    """Every random choice for one patient, from ``spec.seed_sequence()`` only.
+
+    Site a's draws are those of the original generator, in the same order; another site's extra draws
+    (head tilt, vessels) come only on its own path."""
     template = template or load_template()
+    site = site_profile(spec.site)
     rng = np.random.default_rng(spec.seed_sequence().spawn(1)[0])
     head = random_head(rng)
+    if site.head_tilt is not None:
+        head = tilted_head(head, rng.uniform(*site.head_tilt))
     centre_lps = head.to_patient(BRAIN_CENTRE_MM) * LPS_FROM_RAS
-    vendor = str(rng.choice(list(VENDORS)))
-    namings = series_namings(rng, vendor, localizer=rng.random() < 0.25, repeat_flair=rng.random() < 0.05)
+    vendor = str(rng.choice(list(site.vendors)))
+    namings = series_namings(
+        rng, vendor, localizer=rng.random() < 0.25, repeat_flair=rng.random() < 0.05, vendors=site.vendors
+    )
     series = []
     for naming in namings:
         if naming.sequence == "localizer":
             geometries = _localizer_planes(centre_lps, spec.size_scale)
             enhanced, compressed = False, False
         else:
-            geometries = (_axial_stack(rng, centre_lps, spec.size_scale),)
+            if site.protocol is None:
+                geometries = (_axial_stack(rng, centre_lps, spec.size_scale),)
+            else:
+                geometries = (_protocol_stack(rng, centre_lps, spec.size_scale, site.protocol),)
             enhanced = rng.random() < 0.1
             compressed = rng.random() < (0.9 if geometries[0].rows > 256 * spec.size_scale else 0.55)
-        noise = float(rng.uniform(0.015, 0.035))
-        series.append(
-            SeriesPlan(naming, geometries, random_scale(rng), noise, random_bias(rng), enhanced, compressed)
-        )
+        noise = float(rng.uniform(*site.noise))
+        scale = random_scale(rng)  # before the bias: the order of site a's draws
+        bias = random_bias(rng) * site.bias_strength  # x * 1.0 is x exactly: site a's bias unchanged
+        series.append(SeriesPlan(naming, geometries, scale, noise, bias, enhanced, compressed))
     stacks = [s.geometries[0] for s in series if s.naming.sequence != "localizer"]
     inside = _coverage(head, stacks)
     lesions = sample_metastases(rng, template, inside) if spec.label == "metastases" else []
     if rng.random() < (0.2 if lesions else 0.45):
         lesions += sample_mimics(rng, template, inside, int(rng.integers(1, 4 if lesions else 6)))
+    if site.vessels[1] > site.vessels[0]:
+        count = int(rng.integers(*site.vessels))
+        lesions += sample_vessels(rng, template, inside, count=count, avoid=lesions)
+    signals = _site_signals(patient_signals(rng), site)
+    layout = str(rng.choice(LAYOUTS, p=[0.45, 0.35, 0.2]))
+    folder_style = int(rng.integers(3))
+    identity = fake_identity(rng)
+    if site.institution is not None:
+        identity["InstitutionName"] = site.institution
     return PatientPlan(
         spec=spec,
         head=head,
         lesions=lesions,
-        signals=patient_signals(rng),
+        signals=signals,
         series=series,
         vendor=vendor,
-        layout=str(rng.choice(LAYOUTS, p=[0.45, 0.35, 0.2])),
-        folder_style=int(rng.integers(3)),
-        identity=fake_identity(rng),
+        layout=layout,
+        folder_style=folder_style,
+        identity=identity,
         study_date=study_date(rng),
     )
 
@@ -311,7 +371,7 @@ def _header(plan: PatientPlan, series: SeriesPlan) -> SeriesHeader:
     return SeriesHeader(
         series_description=series.naming.description,
         series_number=series.naming.series_number,
-        uid_seed=f"metastases-demo-cohort:{plan.spec.seed}:{plan.spec.index}",
+        uid_seed=site_profile(plan.spec.site).uid_seed(plan.spec.seed, plan.spec.index),
         identity=plan.identity,
         protocol_name=series.naming.protocol,
         rescale_slope=series.scale.slope,
@@ -345,22 +405,24 @@ def _file_paths(plan: PatientPlan, root: Path, rng: np.random.Generator) -> list
 
 def lesion_truth(plan: PatientPlan) -> list[dict[str, object]]:
     """Rows of ``lesions.csv`` (see :mod:`metastases.lesion_truth`) for one patient: each lesion's centre in
-    DICOM patient coordinates (LPS mm, rounded to 0.01 mm), diameter, kind and whether it enhances."""
+    DICOM patient coordinates (LPS mm, rounded to 0.01 mm), diameter, kind and whether it enhances.
+    A vessel (site b) is an enhancing ``mimic``; its diameter is its length."""
     rows: list[dict[str, object]] = []
     counters = {"metastasis": 0, "mimic": 0}
     for lesion in plan.lesions:
-        counters[lesion.kind] += 1
+        kind = "mimic" if lesion.kind == "vessel" else lesion.kind  # an enhancing mimic
+        counters[kind] += 1
         lps = plan.head.to_patient(np.asarray(lesion.centre, np.float64)) * LPS_FROM_RAS
         rows.append(
             {
                 "patient": plan.spec.name,
-                "lesion": counters[lesion.kind],
-                "kind": lesion.kind,
+                "lesion": counters[kind],
+                "kind": kind,
                 "x_mm": round(float(lps[0]), 2) + 0.0,
                 "y_mm": round(float(lps[1]), 2) + 0.0,
                 "z_mm": round(float(lps[2]), 2) + 0.0,
                 "diameter_mm": round(2 * lesion.radius, 2),
-                "enhancing": "yes" if lesion.kind == "metastasis" else "no",
+                "enhancing": "yes" if lesion.kind in ("metastasis", "vessel") else "no",
             }
         )
     return rows

@@ -111,10 +111,21 @@ def plot_patient_evidence(
 
 
 def plot_evidence_montage(
-    rows: dict[str, list[tuple[str, ModelView]]], lesions: pd.DataFrame | None, path: Path
+    rows: dict[str, list[tuple[str, ModelView]]],
+    lesions: pd.DataFrame | None,
+    path: Path,
+    *,
+    title: str = "Held-out patients: T1+C at each model's strongest evidence (+); TP/FN/FP/TN at the CV "
+    "threshold",
 ) -> None:
     """One row of T1+C tiles per model, grouped true positives, false negatives, false positives, true
-    negatives (decision at the cross-validation threshold)."""
+    negatives (decision at the cross-validation threshold); no rows: a picture saying ``title``."""
+    if not rows:
+        figure, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, title, ha="center", va="center", fontsize=11)
+        save_figure(figure, path)
+        return
     columns = max((len(v) for v in rows.values()), default=1)
     figure, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 2.0 * len(rows) + 0.4),
                                 squeeze=False)  # fmt: skip
@@ -128,8 +139,5 @@ def plot_evidence_montage(
         for ax in row_axes[len(ordered) :]:
             ax.axis("off")
         row_axes[0].set_ylabel(title, fontsize=9)
-    figure.suptitle(
-        "Held-out patients: T1+C at each model's strongest evidence (+); TP/FN/FP/TN at the CV threshold",
-        fontsize=10,
-    )
+    figure.suptitle(title, fontsize=10)
     save_figure(figure, path)

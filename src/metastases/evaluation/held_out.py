@@ -274,6 +274,7 @@ def run_evaluation(
     *,
     raw_dir: Path | None = None,
     cv_predictions_path: Path | None = None,
+    external_metrics_path: Path | None = None,
 ) -> dict:
     """Evaluate each model (keys ``2d``/``3d``) on the test split; returns what goes to ``evaluate.json``.
 
@@ -288,6 +289,7 @@ def run_evaluation(
         outputs: where everything is written.
         raw_dir: the raw cohort; its ``lesions.csv``, when present, scores where the models looked.
         cv_predictions_path: out-of-fold predictions, for calibration (Platt scaling is fitted on them).
+        external_metrics_path: ``metrics/details/external.json`` (the second site), for the model card.
     """
     thresholds = read_cv_thresholds(cv_metrics_path, list(array_dirs))
     lesions = read_lesions(raw_dir) if raw_dir is not None else None
@@ -317,10 +319,19 @@ def run_evaluation(
             splits=pd.read_csv(splits_path, dtype={"patient": str}),
             evaluate_params=params,
             has_lesion_truth=lesions is not None,
+            external=_read_json(external_metrics_path),
         ),
     )
     write_metrics(outputs.metrics, results, HEADLINE)
     return results
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the external stage first (dvc repro external)")
+    return json.loads(path.read_text())
 
 
 def write_evidence_pictures(

@@ -32,6 +32,8 @@ class ModelCardInputs:
     """patient, label, split, fold."""
     evaluate_params: EvaluateParams
     has_lesion_truth: bool
+    external: dict[str, Any] | None = None
+    """external.json (details) of the external stage; None or no patients: no external site."""
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -55,6 +57,45 @@ def _preprocessing(ensemble: Ensemble) -> str:
         f"{'the head' + chr(39) + 's bounding box' if prep.get('crop') == 'head' else 'the T1+C field of view'}; "
         f"{prep.get('normalise')} normalisation per volume after clipping to percentiles {low}-{high}"
     )
+
+
+def _external_factors(inputs: ModelCardInputs) -> list[str]:
+    """The internal vs external rows under "Factors"; nothing when there is no external site."""
+    site = inputs.external or {}
+    if not site.get("patients"):
+        return []
+    lines = [
+        f"- **Another site** (`data/external`, {site['patients']} patients the models never saw, scored by the",
+        "  final fold ensembles; `metrics/details/external.json`). Adapted: the threshold chosen again (Youden) on",
+        f"  {site.get('calibration_patients', 0)} calibration patients of that site; sensitivity / specificity before",
+        "  and after are on the site's other patients only.",
+        "",
+        "| model | AUC out-of-fold / held-out | AUC external [CI] | external - out-of-fold | sensitivity / specificity"
+        " external, out-of-fold threshold | adapted | localisation external |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dim in inputs.results:
+        ext, test, cv = site.get(dim, {}), inputs.results[dim], inputs.cv_summary.get(dim, {})
+        before, after = ext.get("at_cv_threshold", {}), ext.get("adapted")
+        external_auc = (
+            f"{_f(ext['auc'])} [{_f(ext['auc_ci_low'])}, {_f(ext['auc_ci_high'])}]"
+            if "auc" in ext
+            else f"undefined: {ext.get('auc_undefined', 'not scored')}"
+        )
+        adapted = f"{_f(after.get('sensitivity'), 2)} / {_f(after.get('specificity'), 2)}" if after else "n/a"
+        lines.append(
+            f"| {dim.upper()} `{inputs.ensembles[dim].model_name}` | {_f(cv.get('oof_auc'))} / {_f(test['auc'])} | "
+            f"{external_auc} | {_f(ext.get('auc_gap'))} | {_f(before.get('sensitivity'), 2)} / "
+            f"{_f(before.get('specificity'), 2)} | {adapted} | {_f(ext.get('localisation'), 2)} |"
+        )
+    lines += [
+        "",
+        "  A lower AUC at the other site means its images differ in a way the models are sensitive to; a few",
+        "  dozen patients give a wide interval, so it does not say by how much. A specificity that collapses at",
+        "  the out-of-fold threshold while the AUC holds means the scores shifted, not the ranking: the threshold",
+        "  must be chosen again at each site before use.",
+    ]
+    return lines
 
 
 def render_model_card(inputs: ModelCardInputs) -> str:
@@ -94,6 +135,7 @@ def render_model_card(inputs: ModelCardInputs) -> str:
         "- Scanner vendor, slice thickness, tilt and matrix vary across the cohort; the arrays are",
         "  resampled to one grid, but performance per vendor or per lesion size is not reported separately",
         "  (the held-out split is too small to split further).",
+        *_external_factors(inputs),
         "",
         "## Metrics",
         "- ROC AUC (threshold-free), with a percentile bootstrap "

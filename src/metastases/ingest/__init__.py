@@ -6,6 +6,12 @@ rescale, NIfTI), :mod:`patient` (one patient folder), :mod:`labels` (keys and la
 :mod:`cohort` (all patients in parallel, manifest and report), :mod:`report` (problem records).
 """
 
-from metastases.ingest.cohort import MANIFEST_COLUMNS, CohortResult, ingest_cohort
+from metastases.ingest.cohort import (
+    MANIFEST_COLUMNS,
+    CohortResult,
+    has_patient_folders,
+    ingest_cohort,
+    write_empty_cohort,
+)
 
-__all__ = ["MANIFEST_COLUMNS", "CohortResult", "ingest_cohort"]
+__all__ = ["MANIFEST_COLUMNS", "CohortResult", "has_patient_folders", "ingest_cohort", "write_empty_cohort"]

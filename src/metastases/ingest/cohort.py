@@ -114,6 +114,22 @@ def _run_patients(tasks: list[PatientTask], staging: Path, workers: int) -> list
     return [r for r in results if r is not None]
 
 
+def has_patient_folders(raw_dir: Path) -> bool:
+    """True when ``raw_dir`` exists and holds at least one patient sub-folder."""
+    return raw_dir.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in raw_dir.iterdir())
+
+
+def write_empty_cohort(out_dir: Path) -> CohortResult:
+    """``out_dir`` with a header-only manifest.csv and a report of no patients: what an optional cohort
+    (data/external) writes when its folder is missing or empty, so that the stages after it can say so."""
+    manifest = pd.DataFrame(columns=list(MANIFEST_COLUMNS))
+    report: dict[str, object] = {"summary": {"patients_found": 0, "patients_ok": 0, "patients_excluded": 0}}
+    with _staged_dir(out_dir) as staging:
+        write_csv(staging / "manifest.csv", manifest)
+        write_json(staging / "report.json", report)
+    return CohortResult(manifest, report, {"patients_found": 0, "patients_ok": 0, "patients_excluded": 0})
+
+
 def ingest_cohort(
     raw_dir: Path, out_dir: Path, params: IngestParams, *, salt: str | None = None
 ) -> CohortResult:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from metastases.ingest.series import Series
 
@@ -79,3 +83,20 @@ def choose_study(studies: Mapping[str, Study], sequences_found: Mapping[str, set
     pool = [study for study in studies.values() if len(sequences_found.get(study.uid, set())) == wanted]
     pool.sort(key=lambda study: study.order)
     return pool[-1] if rule == "latest" else pool[0]
+
+
+def study_uids(raw_dir: Path) -> set[str]:
+    """Every StudyInstanceUID under ``raw_dir`` (files that are not DICOM are passed over): to tell
+    whether two cohorts share a study. The UIDs are compared, never written anywhere."""
+    uids: set[str] = set()
+    if not raw_dir.is_dir():
+        return uids
+    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
+            continue
+        uid = str(ds.get("StudyInstanceUID", "") or "")
+        if uid:
+            uids.add(uid)
+    return uids

@@ -415,7 +415,7 @@ def test_paired_rows_say_when_labels_differ_or_a_class_is_missing() -> None:
 
 def test_paired_section_notes_prediction_files_absent_at_both_revisions(predictions_repo: Path) -> None:
     section = paired_section("nopred", "nopred", predictions_repo)
-    assert f"Neither revision has `{HELD_OUT_PATH}`: no paired comparison" in section
+    assert f"Neither revision has `{HELD_OUT_PATH}` or `metrics/external_predictions.csv`: no paired" in section
     assert [row[1] for row in _paired_rows(section)] == ["out-of-fold", "out-of-fold"]
 
 

@@ -16,6 +16,7 @@ from metastases.params import (
     CrossValidateParams,
     DemoCohortParams,
     EvaluateParams,
+    ExternalParams,
     IngestParams,
     SplitParams,
     TrainingParams,
@@ -27,6 +28,7 @@ from metastases.params import (
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {
     "demo_cohort": DemoCohortParams,
+    "demo_external": DemoCohortParams,
     "ingest": IngestParams,
     "split": SplitParams,
     "slice_2d": VolumeParams,
@@ -35,6 +37,7 @@ SECTIONS = {
     "train_3d": TrainingParams,
     "cross_validate": CrossValidateParams,
     "evaluate": EvaluateParams,
+    "external": ExternalParams,
 }
 
 

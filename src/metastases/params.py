@@ -91,13 +91,13 @@ def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> Non
     _require(value in allowed, f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoCohortParams:
     """``demo_cohort`` (the training site) and ``demo_external`` (a second site, data/external)."""
 
-    patients: int = 60
-    seed: int = 7
-    site: str = "a"
+    patients: int
+    seed: int
+    site: str
     """Which hospital the generator imitates (:data:`metastases.demo_cohort.site.SITES`)."""
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from metastases.cli import OneLineParser, configure_logging, run_stage
 from metastases.demo_cohort.build import build_cohort
 from metastases.demo_cohort.site import SITES
+from metastases.errors import ParamsError
 from metastases.params import DemoCohortParams, section
 
 
@@ -19,10 +20,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Write the synthetic demo cohort of brain-MRI DICOM studies and labels.csv.",
     )
     parser.add_argument("out_dir", help="output folder (empty, missing, or a previous demo cohort)")
-    parser.add_argument(
-        "--patients", type=int, help="number of patients (default: 60, or from --from-params)"
-    )
-    parser.add_argument("--seed", type=int, help="random seed (default: 7, or from --from-params)")
+    parser.add_argument("--patients", type=int, help="number of patients (default: from --from-params)")
+    parser.add_argument("--seed", type=int, help="random seed (default: from --from-params)")
     parser.add_argument(
         "--from-params", type=Path, help="take defaults from this params.yaml (see --section)"
     )
@@ -45,12 +44,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    defaults = (
-        section(DemoCohortParams, args.section, args.from_params) if args.from_params else DemoCohortParams()
-    )
-    patients = args.patients if args.patients is not None else defaults.patients
-    seed = args.seed if args.seed is not None else defaults.seed
-    site = args.site if args.site is not None else defaults.site
+    if args.from_params:
+        defaults = section(DemoCohortParams, args.section, args.from_params)
+        patients, seed, site = defaults.patients, defaults.seed, defaults.site
+    elif args.patients is None or args.seed is None:
+        raise ParamsError("give --patients and --seed, or --from-params params.yaml")
+    else:
+        patients, seed, site = args.patients, args.seed, "a"
+    patients = args.patients if args.patients is not None else patients
+    seed = args.seed if args.seed is not None else seed
+    site = args.site if args.site is not None else site
     build_cohort(args.out_dir, patients, seed, args.workers, args.size_scale, site=site)
 
 

@@ -51,7 +51,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 study used (``study 2 of 2 (day +182)``), ``<sequence>_plane`` the acquisition plane and
 ``<sequence>_derived`` whether a DERIVED series (a reformat) was used."""
 
-DEMO_HINT = "build the demo cohort with `python -m metastases.demo_cohort {raw}` (or `make run`)"
+DEMO_HINT = (
+    "build the demo cohort with `python -m metastases.demo_cohort {raw} --from-params params.yaml` "
+    "(or `make run`)"
+)
 _LOGGED_PROBLEMS = 20
 
 

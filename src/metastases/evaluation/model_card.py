@@ -88,8 +88,22 @@ def _external_factors(inputs: ModelCardInputs) -> list[str]:
             f"{external_auc} | {_f(ext.get('auc_gap'))} | {_f(before.get('sensitivity'), 2)} / "
             f"{_f(before.get('specificity'), 2)} | {adapted} | {_f(ext.get('localisation'), 2)} |"
         )
+    chance = [
+        f"{dim.upper()} `{inputs.ensembles[dim].model_name}`"
+        for dim in inputs.results
+        if site.get(dim, {}).get("auc_ci_low", 1.0) <= 0.5
+    ]
     lines += [
         "",
+        *(
+            [
+                f"  **At the other site the AUC interval of {' and '.join(chance)} includes chance (0.5): it did not"
+                " carry there.**",
+                "",
+            ]
+            if chance
+            else []
+        ),
         "  A lower AUC at the other site means its images differ in a way the models are sensitive to; a few",
         "  dozen patients give a wide interval, so it does not say by how much. A specificity that collapses at",
         "  the out-of-fold threshold while the AUC holds means the scores shifted, not the ranking: the threshold",

@@ -415,7 +415,9 @@ def test_paired_rows_say_when_labels_differ_or_a_class_is_missing() -> None:
 
 def test_paired_section_notes_prediction_files_absent_at_both_revisions(predictions_repo: Path) -> None:
     section = paired_section("nopred", "nopred", predictions_repo)
-    assert f"Neither revision has `{HELD_OUT_PATH}` or `metrics/external_predictions.csv`: no paired" in section
+    assert (
+        f"Neither revision has `{HELD_OUT_PATH}` or `metrics/external_predictions.csv`: no paired" in section
+    )
     assert [row[1] for row in _paired_rows(section)] == ["out-of-fold", "out-of-fold"]
 
 
@@ -487,3 +489,22 @@ def test_report_shows_the_evidence_montage_of_each_revision(tmp_path: Path) -> N
     assert "### base `base`\n\nNo evidence montage at this revision." in section
     assert "![evidence, head](evidence_head.png)" in section
     assert (repo / "report" / "evidence_head.png").read_bytes() == picture
+
+
+def test_external_predictions_at_one_revision_only_are_a_row_not_an_error(predictions_repo: Path) -> None:
+    """A base from before external validation (or a run without a second site) has no external
+    predictions: the head's external rows say so; the other predictions are still paired."""
+    head = {
+        CV_PATH: _predictions_csv({"2d": HAND_A, "3d": NEAR_PERFECT}, fold=True),
+        HELD_OUT_PATH: _predictions_csv({"2d": HAND_B, "3d": CONSTANT}),
+    }
+    external = _predictions_csv({"3d": HAND_A})
+    _commit(predictions_repo, "second", {**head, "metrics/external_predictions.csv": external})
+    rows = {
+        (row[0], row[1]): row[-1] for row in _paired_rows(paired_section("head", "second", predictions_repo))
+    }
+    assert rows[("3d", "external")] == "not comparable: no external cohort at head"
+    assert rows[("2d", "held-out")].startswith("within noise")  # the same held-out scores at both
+    # an empty file (the pipeline without a second site) counts as no cohort
+    _commit(predictions_repo, "empty", {"metrics/external_predictions.csv": "patient,label,score,model\n"})
+    assert "no external cohort at empty" in paired_section("empty", "second", predictions_repo)

@@ -33,9 +33,9 @@ pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The real pipeline's output names, in one place: the toy stage below writes exactly these.
-METRICS = ("ingest", "split", "train_2d", "train_3d", "cv", "evaluate")
-PREDICTIONS = ("metrics/cv_predictions.csv", "metrics/predictions.csv")
-ROC_IDS = ("roc", "cv_roc")
+METRICS = ("ingest", "split", "train_2d", "train_3d", "cv", "evaluate", "external")
+PREDICTIONS = ("metrics/cv_predictions.csv", "metrics/predictions.csv", "metrics/external_predictions.csv")
+ROC_IDS = ("roc", "cv_roc", "external_roc")
 LOSS_IDS = ("loss_2d", "loss_3d", "validation_auc")
 CONFUSION_IDS = ("confusion_2d", "confusion_3d")
 
@@ -169,6 +169,16 @@ elif stage == "evaluate":
                   "test_patients": len(TEST), "learned": True, "ensemble_models": FOLDS}
     table("metrics/predictions.csv", ["patient", "label", "score", "model"], predictions)
     dump("metrics/evaluate.json", out)
+elif stage == "external":
+    EXTERNAL = [f"site-b-{i:02d}" for i in range(12)]
+    out, predictions = {}, []
+    for m in ("2d", "3d"):
+        labels, s = [label(p) for p in EXTERNAL], scores(m, EXTERNAL, 8)
+        predictions += [(p, y, x, m, "evaluation") for p, y, x in zip(EXTERNAL, labels, s)]
+        table(f"plots/external_roc/model_{m}.csv", ["fpr", "tpr", "threshold"], roc(labels, s))
+        out[m] = {"auc": auc(labels, s)}
+    table("metrics/external_predictions.csv", ["patient", "label", "score", "model", "part"], predictions)
+    dump("metrics/external.json", out)
 '''
 
 TOY_STAGES = """
@@ -214,6 +224,15 @@ stages:
       - plots/confusion/model_2d.csv: {cache: false}
       - plots/confusion/model_3d.csv: {cache: false}
     metrics: [{metrics/evaluate.json: {cache: false}}]
+  external:
+    cmd: python toy_stage.py external
+    deps: [toy_stage.py, metrics/cv.json]
+    params: [train_2d, train_3d]
+    outs:
+      - metrics/external_predictions.csv: {cache: false}
+      - plots/external_roc/model_2d.csv: {cache: false}
+      - plots/external_roc/model_3d.csv: {cache: false}
+    metrics: [{metrics/external.json: {cache: false}}]
 """
 
 PARAMS = {
@@ -488,20 +507,22 @@ def test_report_pairs_the_predictions_of_both_revisions(toy: Toy) -> None:
     report = (out / "report.md").read_text()
     headings = [line for line in report.splitlines() if line.startswith("## ")]
     assert headings[0] == "## Is the change real? (paired on the same patients)"
-    assert "Neither revision has" not in report  # the toy writes both predictions files
+    assert "Neither revision has" not in report  # the toy writes every predictions file
 
     rows = {(row[0], row[1]): row for row in _markdown_rows(report, "Model")}
     assert list(rows) == [
-        ("2d", "out-of-fold"),
-        ("2d", "held-out"),
-        ("3d", "out-of-fold"),
-        ("3d", "held-out"),
+        (dim, kind) for dim in ("2d", "3d") for kind in ("out-of-fold", "held-out", "external")
     ]
     auc_of = {
         "out-of-fold": lambda rev, model: git_json(toy.repo, rev, "metrics/cv.json")[model]["oof_auc"],
         "held-out": lambda rev, model: git_json(toy.repo, rev, "metrics/evaluate.json")[model]["auc"],
+        "external": lambda rev, model: git_json(toy.repo, rev, "metrics/external.json")[model]["auc"],
     }
-    patients = {"out-of-fold": "30 (15 metastases)", "held-out": "20 (10 metastases)"}
+    patients = {
+        "out-of-fold": "30 (15 metastases)",
+        "held-out": "20 (10 metastases)",
+        "external": "12 (6 metastases)",
+    }
     for (model, kind), (_, _, counted, auc_base, auc_head, delta, _p, verdict) in rows.items():
         old, new = auc_of[kind](toy.base, model), auc_of[kind](toy.head, model)
         # the paired AUCs are those of the metrics files, from the same predictions

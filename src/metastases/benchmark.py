@@ -270,7 +270,7 @@ def markdown_table(table: pd.DataFrame, curve: pd.DataFrame, *, commit: str, dat
 def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
     """Out-of-fold (solid) and held-out (dashed) AUC against training patients, mean ± std over seeds;
     a row measured at one size is a point."""
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure, ax = plt.subplots(figsize=(7, 5.5))
     for index, (name, rows) in enumerate(curve.groupby("row", sort=False)):
         colour = f"C{index}"
         for column, style in (("oof_auc", "-o"), ("test_auc", "--s")):
@@ -282,5 +282,6 @@ def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(sorted(curve["patients"].unique()), [str(n) for n in sorted(curve["patients"].unique())])
     ax.set(xlabel="training patients", ylabel="AUC (mean ± std over seeds)", ylim=(0.3, 1.02),
            title="Learning curve on the benchmark cohort")  # fmt: skip
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: inside, it hid the reference's single point at the largest size
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     save_figure(figure, path)

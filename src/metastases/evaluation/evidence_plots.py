@@ -130,7 +130,7 @@ def plot_evidence_montage(
     figure, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 2.0 * len(rows) + 0.4),
                                 squeeze=False)  # fmt: skip
     t1c = SEQUENCES.index("t1c")
-    for row_axes, (title, items) in zip(axes, rows.items(), strict=True):
+    for row_axes, (model, items) in zip(axes, rows.items(), strict=True):
         ordered = sorted(items, key=lambda item: (OUTCOMES.index(item[1].outcome), -item[1].probability))
         for ax, (patient, view) in zip(row_axes, ordered, strict=False):
             _panel(ax, view, t1c, lesions, patient)
@@ -138,6 +138,6 @@ def plot_evidence_montage(
             ax.set_title(f"{short} {view.probability:.2f}\n{patient[:10]}", fontsize=7)
         for ax in row_axes[len(ordered) :]:
             ax.axis("off")
-        row_axes[0].set_ylabel(title, fontsize=9)
+        row_axes[0].set_ylabel(model, fontsize=9)
     figure.suptitle(title, fontsize=10)
     save_figure(figure, path)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.params_support import committed_params
 
 from metastases.demo_cohort.build import build_cohort
 from metastases.errors import UserError
@@ -19,6 +18,7 @@ from metastases.evaluation.external import Cohorts, calibration_parts, check_dis
 from metastases.ingest import ingest_cohort
 from metastases.ingest.studies import study_uids
 from metastases.params import EvaluateParams, IngestParams, from_mapping
+from params_support import committed_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from metastases.cli import configure_logging, run_stage, stage_parser
 from metastases.evaluation.external import Cohorts, ExternalOutputs, run_external
-from metastases.params import EvaluateParams, ExternalParams, section, shared_seed
+from metastases.params import EvaluateParams, ExternalParams, section, shared_seed, train_sections
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.cv_metrics,
         params=section(ExternalParams, "external", args.params),
         evaluate_params=section(EvaluateParams, "evaluate", args.params),
+        train_params=train_sections(args.params),
         seed=shared_seed(args.params),
         outputs=ExternalOutputs(args.metrics, args.predictions, args.plots_dir),
     )

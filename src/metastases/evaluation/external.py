@@ -38,9 +38,10 @@ from metastases.evaluation.new_patients import checkpoint_preprocessing, prepare
 from metastases.ingest.studies import study_uids
 from metastases.lesion_truth import read_lesions
 from metastases.metrics_file import write_metrics
-from metastases.params import CLASSES, SEQUENCES, EvaluateParams, ExternalParams
+from metastases.params import CLASSES, SEQUENCES, EvaluateParams, ExternalParams, TrainingParams
 from metastases.plotting import plot_roc
 from metastases.training.checkpoint import Ensemble, open_ensemble
+from metastases.training.runtime import configure_torch
 from metastases.volumes import GridGeometry
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ def run_external(
     *,
     params: ExternalParams,
     evaluate_params: EvaluateParams,
+    train_params: dict[str, TrainingParams],
     seed: int,
     outputs: ExternalOutputs,
 ) -> dict[str, Any]:
@@ -228,6 +230,7 @@ def run_external(
         cv_metrics_path: ``metrics/details/cv.json`` (thresholds and out-of-fold AUC of the training site).
         params: the ``external`` section.
         evaluate_params: the ``evaluate`` section (bootstrap).
+        train_params: ``train_2d``/``train_3d``: threads and determinism, as evaluate scores (CPU).
         seed: the shared seed (bootstrap, calibration share).
         outputs: where everything is written.
     """
@@ -250,6 +253,7 @@ def run_external(
     labelled = dict(zip(patients["patient"], labels.tolist(), strict=True))
     predictions, tables, curves, montage = [], {}, {}, {}
     for dim, path in model_paths.items():  # everything is scored before anything is written
+        configure_torch(train_params[dim].deterministic, train_params[dim].threads, torch.device("cpu"))
         scored = score_site(open_ensemble(path, FIX_MODEL), path, patients, cohorts.external_interim)
         metrics = site_metrics(
             labels, scored.scores, parts, threshold=thresholds[dim], params=evaluate_params, seed=seed

@@ -87,7 +87,8 @@ pull: install
 # The benchmark and the learning curve: `dvc repro` of benchmark/dvc.yaml (a DVC project of its own) on a
 # 240-patient demo cohort; one stage per run, so an interrupted benchmark resumes where it stopped.
 # benchmark/benchmark.md, benchmark/metrics/, benchmark/plots/learning_curve.png (hours on 2 cores:
-# docs/benchmark.md). STAGES=curve (or curve@3d-42-96, baselines, ...) runs only those and what they need.
+# docs/benchmark.md). STAGES=curve (or curve@3d-42-96, baselines, ...) runs only those and what they need;
+# the table alone over the runs made so far: cd benchmark && dvc repro -s table (without -s it runs the rest).
 benchmark: install
 	cd benchmark && ../$(BIN)/dvc repro $(STAGES)
 

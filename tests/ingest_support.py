@@ -8,10 +8,12 @@ they belong.
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 from pathlib import Path
 
 import numpy as np
+import yaml
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from metastases.dicom_writer import (
@@ -22,6 +24,7 @@ from metastases.dicom_writer import (
     write_enhanced_series,
 )
 from metastases.params import IngestParams
+from params_support import PARAMS_YAML
 
 IDENTITY = {
     "PatientName": "Qzxwvut^Hieronymus",
@@ -158,3 +161,12 @@ def params(**overrides: object) -> IngestParams:
     """Ingest params for tests: one worker, folder names as keys (the tests' names are made up) unless
     a test asks for another ``patient_key``."""
     return IngestParams(**{"workers": 1, "patient_key": "folder", **overrides})  # type: ignore[arg-type]
+
+
+def classify(description: str) -> str | None:
+    """The ingest rule: params.yaml patterns tried in the order flair, t1c, t2 (case-insensitive)."""
+    patterns = yaml.safe_load(PARAMS_YAML.read_text())["ingest"]["sequences"]
+    for sequence in ("flair", "t1c", "t2"):
+        if any(re.search(pattern, description, re.IGNORECASE) for pattern in patterns[sequence]):
+            return sequence
+    return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import yaml
 
+from ingest_support import classify
 from metastases.cli import run_stage
 from metastases.demo_cohort import build_cohort, cohort_specs
 from metastases.demo_cohort.__main__ import main
@@ -24,15 +23,6 @@ from metastases.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SMALL = 0.25  # 64-pixel matrices: same fields of view and slice counts, a fraction of the time
 IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "AccessionNumber")
-
-
-def classify(description: str) -> str | None:
-    """The ingest rule: params.yaml patterns tried in the order flair, t1c, t2 (case-insensitive)."""
-    patterns = yaml.safe_load((REPO / "params.yaml").read_text())["ingest"]["sequences"]
-    for sequence in ("flair", "t1c", "t2"):
-        if any(re.search(pattern, description, re.IGNORECASE) for pattern in patterns[sequence]):
-            return sequence
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from pathlib import Path
 
 import pandas as pd
 import pydicom
 import pytest
-import yaml
 
+from ingest_support import classify
 from metastases.cli import run_stage
 from metastases.demo_cohort import build_cohort, cohort_specs
 from metastases.demo_cohort.__main__ import main
@@ -50,15 +49,6 @@ def _digest(path: Path) -> str:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def classify(description: str) -> str | None:
-    """The ingest rule: params.yaml patterns tried in the order flair, t1c, t2 (case-insensitive)."""
-    patterns = yaml.safe_load((REPO / "params.yaml").read_text())["ingest"]["sequences"]
-    for sequence in ("flair", "t1c", "t2"):
-        if any(re.search(pattern, description, re.IGNORECASE) for pattern in patterns[sequence]):
-            return sequence
-    return None
 
 
 def _series_headers(cohort: Path) -> list[pydicom.Dataset]:

@@ -142,7 +142,7 @@ def metrics_diff(base: str, head: str, repo: Path, *, all_metrics: bool) -> dict
     details = sorted(p.relative_to(repo).as_posix() for p in (repo / "metrics" / "details").glob("*.json"))
     if details:
         for path, keys in dvc_cli.metrics_diff(base, head, repo, all_=True, targets=details).items():
-            headline = diff.get(Path(path).parent.parent.joinpath(Path(path).name).as_posix(), {})
+            headline = diff.get(f"metrics/{Path(path).name}", {})  # the inverse of details_path
             for name, change in keys.items():
                 before = headline.get(name)
                 if change.get("old") is None and before is not None and before.get("old") is not None:

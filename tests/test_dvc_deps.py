@@ -98,3 +98,19 @@ def test_every_benchmark_stage_lists_the_modules_its_script_imports() -> None:
         if absent:
             missing[name] = absent
     assert not missing, f"benchmark/dvc.yaml deps miss imported modules: {missing}"
+
+
+def test_the_benchmark_runs_depend_on_no_module_they_do_not_import() -> None:
+    """A run takes minutes to hours: editing code it never imports (the external stage, the train stage's
+    script helpers) must not make the finished runs stale, so their code deps list files, not packages
+    that hold more than a run imports."""
+    stages = yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())["stages"]
+    for name in ("curve", "baselines"):
+        stage = stages[name]
+        script = re.search(r"python \.\./(stages/\S+\.py)", stage["cmd"])
+        assert script, f"benchmark stage {name}: cmd runs no stage script"
+        listed: set[Path] = set()
+        for dep in (ROOT / str(d)[3:] for d in stage["deps"] if str(d).startswith("../")):
+            listed |= set(dep.rglob("*.py")) if dep.is_dir() else {dep}
+        unused = {p.relative_to(ROOT) for p in listed} - import_closure(ROOT / script.group(1))
+        assert not unused, f"{name} depends on modules it never imports: {sorted(map(str, unused))}"

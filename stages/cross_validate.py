@@ -10,37 +10,31 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import configure_logging, run_stage, stage_parser
+from metastases.cli import add_models_arguments, chosen, configure_logging, run_stage, stage_parser
 from metastases.evaluation.out_of_fold import CrossValidateOutputs, run_cross_validation
 from metastases.params import CrossValidateParams, section, train_sections
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
-    parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D fold models")
-    parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D fold models")
+    add_models_arguments(parser, arrays=True)
     parser.add_argument("--metrics", type=Path, default=Path("metrics/cv.json"), help="CV summary")
     parser.add_argument(
         "--predictions", type=Path, default=Path("metrics/cv_predictions.csv"), help="out-of-fold scores"
     )
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="cv_roc/model_<dim>.csv")
-    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
-    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
     parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"), help="lesions.csv, when present")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     params = section(CrossValidateParams, "cross_validate", args.params)
     train_params = train_sections(args.params)
-    models = {"2d": args.model_2d, "3d": args.model_3d}
     outputs = CrossValidateOutputs(args.metrics, args.predictions, args.plots_dir)
-    data = {"2d": args.data_2d, "3d": args.data_3d}
     run_cross_validation(
-        {dim: models[dim] for dim in args.dims},
+        chosen(args, "model"),
         train_params,
         params,
         outputs,
-        array_dirs={dim: data[dim] for dim in args.dims},
+        array_dirs=chosen(args, "data"),
         raw_dir=args.raw_dir,
     )
 

@@ -10,16 +10,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import add_both_models_arguments, configure_logging, run_stage, stage_parser
+from metastases.cli import add_models_arguments, chosen, configure_logging, run_stage, stage_parser
 from metastases.evaluation.held_out import EvaluateOutputs, run_evaluation
 from metastases.params import EvaluateParams, section, shared_seed, train_sections
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    add_both_models_arguments(parser)
-    parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D checkpoint")
-    parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D checkpoint")
+    add_models_arguments(parser, arrays=True)
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
     parser.add_argument(
         "--cv-metrics",
         type=Path,
@@ -43,11 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.verbose)
     params = section(EvaluateParams, "evaluate", args.params)
     train_params = train_sections(args.params)
-    data = {"2d": args.data_2d, "3d": args.data_3d}
-    models = {"2d": args.model_2d, "3d": args.model_3d}
     run_evaluation(
-        {dim: data[dim] for dim in args.dims},
-        {dim: models[dim] for dim in args.dims},
+        chosen(args, "data"),
+        chosen(args, "model"),
         args.splits,
         args.cv_metrics,
         train_params,

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metastases.cli import configure_logging, run_stage, stage_parser
+from metastases.cli import add_models_arguments, chosen, configure_logging, run_stage, stage_parser
 from metastases.evaluation.external import Cohorts, ExternalOutputs, run_external
 from metastases.params import EvaluateParams, ExternalParams, section, shared_seed, train_sections
 
@@ -21,9 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--internal-interim-dir", type=Path, default=Path("data/interim"), help="training site"
     )
     parser.add_argument("--internal-raw-dir", type=Path, default=Path("data/raw"), help="training site DICOM")
-    parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
-    parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D checkpoint")
-    parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D checkpoint")
+    add_models_arguments(parser)
     parser.add_argument("--cv-metrics", type=Path, default=Path("metrics/details/cv.json"), help="thresholds")
     parser.add_argument("--metrics", type=Path, default=Path("metrics/external.json"), help="metrics")
     parser.add_argument(
@@ -32,10 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="external_roc/, PNGs")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    models = {"2d": args.model_2d, "3d": args.model_3d}
     run_external(
         Cohorts(args.interim_dir, args.raw_dir, args.internal_interim_dir, args.internal_raw_dir),
-        {dim: models[dim] for dim in args.dims},
+        chosen(args, "model"),
         args.cv_metrics,
         params=section(ExternalParams, "external", args.params),
         evaluate_params=section(EvaluateParams, "evaluate", args.params),

@@ -37,12 +37,20 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_both_models_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--dims``, ``--data-2d``, ``--data-3d``, ``--splits``: for the stages that handle 2D and 3D."""
+def add_models_arguments(parser: argparse.ArgumentParser, *, arrays: bool = False) -> None:
+    """``--dims``, ``--model-2d``, ``--model-3d`` (the fold-model checkpoints) for the stages that use
+    the trained models; with ``arrays``, also ``--data-2d`` and ``--data-3d``."""
     parser.add_argument("--dims", nargs="+", choices=("2d", "3d"), default=["2d", "3d"], help="models")
-    parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
-    parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"), help="split table")
+    parser.add_argument("--model-2d", type=Path, default=Path("models/2d.pt"), help="2D fold models")
+    parser.add_argument("--model-3d", type=Path, default=Path("models/3d.pt"), help="3D fold models")
+    if arrays:
+        parser.add_argument("--data-2d", type=Path, default=Path("data/processed/2d"), help="2D arrays")
+        parser.add_argument("--data-3d", type=Path, default=Path("data/processed/3d"), help="3D arrays")
+
+
+def chosen(args: argparse.Namespace, option: str) -> dict[str, Path]:
+    """``{dim: path}`` of ``--<option>-2d``/``--<option>-3d`` for the dimensions ``--dims`` chose."""
+    return {dim: getattr(args, f"{option}_{dim}") for dim in args.dims}
 
 
 def run_stage(main: Callable[[list[str] | None], None], argv: Sequence[str] | None = None) -> int:
